@@ -1,0 +1,296 @@
+"""A thin ARI REST client: the calls dialguard makes, with errors translated at the boundary.
+
+Credentials travel only in the Authorization header; URLs and log lines never carry them.
+Every method sends only what the ARI definitions allow for that resource, so a request that
+Asterisk would reject for its shape cannot be built through the typed methods.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Literal
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from dialguard.ari.errors import AriUnavailable, error_from_response
+
+log = logging.getLogger(__name__)
+
+HangupReason = Literal[
+    "normal",
+    "busy",
+    "congestion",
+    "no_answer",
+    "timeout",
+    "rejected",
+    "unallocated",
+    "normal_unspecified",
+    "number_incomplete",
+    "codec_mismatch",
+    "interworking",
+    "failure",
+    "answered_elsewhere",
+]
+
+Params = Mapping[str, str | int | bool | None]
+
+
+def ari_base_url(base_url: str) -> URL:
+    """Validate an ARI base URL ("http://host:8088/ari"); credentials in it are refused."""
+    url = URL(base_url.rstrip("/"))
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("ARI URL must be http(s)://host[:port]/ari")
+    if url.user is not None or url.password is not None:
+        # A password in a URL ends up in logs and process listings: refuse it outright.
+        raise ValueError("ARI URL must not carry credentials; pass username and password")
+    return url
+
+
+class AriClient:
+    """REST calls to one Asterisk, for one ARI application.
+
+    Session ownership: pass `session` to share an `aiohttp.ClientSession` you own and close
+    yourself; without it the client creates one on first use and `close()` (or leaving
+    `async with`) closes it. Each request is bounded by `timeout` seconds; a timeout, a refused
+    connection or a 5xx raises `AriUnavailable`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        app: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self._base = ari_base_url(base_url)
+        self._auth_header = aiohttp.BasicAuth(username, password).encode()
+        self.app = app
+        self._session = session
+        self._owns_session = session is None
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    @property
+    def base_url(self) -> str:
+        return str(self._base)
+
+    async def __aenter__(self) -> AriClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the session if this client created it; a borrowed session is left open."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _session_for_request(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        params: Params | None = None,
+        json: Any = None,
+        *,
+        channel_id: str | None = None,
+    ) -> Any:
+        """Send one request below the base URL (path like "/channels"); return the parsed JSON.
+
+        Returns None for 204. `channel_id` names the channel the command acts on, so that a 404
+        becomes ChannelGone and a 409 NotInStasis. None values in `params` are left out.
+        """
+        url = self._base.with_path(self._base.raw_path + path, encoded=True)
+        query = _encode_params(params)
+        session = self._session_for_request()
+        try:
+            async with session.request(
+                method,
+                url,
+                params=query,
+                json=json,
+                headers={"Authorization": self._auth_header},
+                timeout=self._timeout,
+            ) as resp:
+                body = await _read_body(resp)
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("ARI %s %s failed: %s", method, path, type(exc).__name__)
+            raise AriUnavailable(
+                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                channel_id=channel_id,
+            ) from exc
+        if status >= 400:
+            error = error_from_response(status, body, channel_id=channel_id)
+            log.debug("ARI %s %s -> %s %s", method, path, status, error.message)
+            raise error
+        log.debug("ARI %s %s -> %s", method, path, status)
+        return body
+
+    # -- channels ---------------------------------------------------------------------------
+
+    async def continue_in_dialplan(
+        self,
+        channel_id: str,
+        *,
+        label: str | None = None,
+        context: str | None = None,
+        extension: str | None = None,
+        priority: int | None = None,
+    ) -> None:
+        """Let a channel leave Stasis and go on in the dialplan (next priority by default).
+
+        Raises ChannelGone, NotInStasis, WrongState, or DialplanTargetNotFound for an unknown
+        label. Beware: an unknown context/extension is accepted (204) and the channel then
+        dies with cause 0; Asterisk does not tell.
+        """
+        await self.request(
+            "POST",
+            f"/channels/{_seg(channel_id)}/continue",
+            {"label": label, "context": context, "extension": extension, "priority": priority},
+            channel_id=channel_id,
+        )
+
+    async def hangup(
+        self,
+        channel_id: str,
+        *,
+        reason_code: int | None = None,
+        reason: HangupReason | None = None,
+    ) -> None:
+        """Hang up a channel with a Q.850 `reason_code` (Asterisk 17+) or a named `reason`.
+
+        Never both: Asterisk refuses the pair with 400, so this raises ValueError first.
+        """
+        if reason_code is not None and reason is not None:
+            raise ValueError("give reason_code or reason, not both")
+        await self.request(
+            "DELETE",
+            f"/channels/{_seg(channel_id)}",
+            {"reason_code": reason_code, "reason": reason},
+            channel_id=channel_id,
+        )
+
+    async def set_variable(self, channel_id: str, name: str, value: str) -> None:
+        """Set a channel variable (the channel must be in Stasis, else NotInStasis)."""
+        await self.request(
+            "POST",
+            f"/channels/{_seg(channel_id)}/variable",
+            {"variable": name, "value": value},
+            channel_id=channel_id,
+        )
+
+    async def get_channel(self, channel_id: str) -> dict[str, Any]:
+        """One channel snapshot; ChannelGone when it no longer exists."""
+        result = await self.request("GET", f"/channels/{_seg(channel_id)}", channel_id=channel_id)
+        return _expect_dict(result)
+
+    async def list_channels(self) -> list[dict[str, Any]]:
+        """Every channel Asterisk has now, including those parked in Stasis without a socket."""
+        result = await self.request("GET", "/channels")
+        if not isinstance(result, list):
+            raise AriUnavailable("GET /channels did not return a list")
+        return [c for c in result if isinstance(c, dict)]
+
+    async def originate(
+        self,
+        endpoint: str,
+        *,
+        extension: str | None = None,
+        context: str | None = None,
+        priority: int | None = None,
+        label: str | None = None,
+        caller_id: str | None = None,
+        dial_timeout: int | None = None,
+        app: str | None = None,
+        app_args: str | None = None,
+        channel_id: str | None = None,
+        other_channel_id: str | None = None,
+        variables: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """POST /channels: create a channel to `endpoint`, then a dialplan location or an app.
+
+        `dial_timeout` is ARI's `timeout` (seconds to wait for an answer). Returns the new
+        channel's snapshot (for Local channels the ;1 half).
+        """
+        params: dict[str, str | int | None] = {
+            "endpoint": endpoint,
+            "extension": extension,
+            "context": context,
+            "priority": priority,
+            "label": label,
+            "callerId": caller_id,
+            "timeout": dial_timeout,
+            "app": app,
+            "appArgs": app_args,
+            "channelId": channel_id,
+            "otherChannelId": other_channel_id,
+        }
+        body = {"variables": dict(variables)} if variables else None
+        return _expect_dict(await self.request("POST", "/channels", params, body))
+
+    # -- applications -----------------------------------------------------------------------
+
+    async def subscribe(self, event_source: str) -> dict[str, Any]:
+        """Subscribe our application to an event source, e.g. "endpoint:PJSIP/carrier".
+
+        Subscriptions belong to the application, which Asterisk drops with its last websocket:
+        call this again after every (re)connect.
+        """
+        result = await self.request(
+            "POST",
+            f"/applications/{_seg(self.app)}/subscription",
+            {"eventSource": event_source},
+        )
+        return _expect_dict(result)
+
+    async def get_application(self) -> dict[str, Any]:
+        """Our application's state; AriNotFound while no websocket holds it."""
+        return _expect_dict(await self.request("GET", f"/applications/{_seg(self.app)}"))
+
+
+def _seg(value: str) -> str:
+    """Quote one path segment so an id can never add path elements."""
+    return quote(value, safe="")
+
+
+def _encode_params(params: Params | None) -> dict[str, str]:
+    if not params:
+        return {}
+    encoded: dict[str, str] = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            encoded[key] = "true" if value else "false"
+        else:
+            encoded[key] = str(value)
+    return encoded
+
+
+async def _read_body(resp: aiohttp.ClientResponse) -> Any:
+    if resp.status == 204:
+        return None
+    text = await resp.text()
+    if not text:
+        return None
+    try:
+        return await resp.json(content_type=None)
+    except ValueError:
+        return {"message": text.strip()}
+
+
+def _expect_dict(result: Any) -> dict[str, Any]:
+    if not isinstance(result, dict):
+        raise AriUnavailable("ARI answered without a JSON object")
+    return result

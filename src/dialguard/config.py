@@ -1,0 +1,355 @@
+"""One frozen :class:`Settings` from ``dialguard.toml`` and ``DIALGUARD_*`` variables.
+
+Every key ``section.key`` is also the variable ``DIALGUARD_<SECTION>_<KEY>`` (the environment
+wins), plus the short forms DESIGN.md names (``DIALGUARD_DATA_DIR``). Every problem is collected
+and reported at once, one line each, before anything connects.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dialguard.numbers import is_valid_region
+from dialguard.policy.profile import (
+    PROFILE_KEYS,
+    Profile,
+    ProfileError,
+    build_profile,
+    builtin_profiles,
+    builtin_raw,
+)
+from dialguard.policy.values import ValueSyntaxError, parse_duration
+
+FailMode = Literal["closed", "open"]
+
+
+class ConfigError(Exception):
+    """Invalid configuration; ``problems`` holds one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseSettings:
+    url: str | None
+    data_dir: Path
+    pool_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class AriSettings:
+    url: str
+    username: str
+    password: str
+    app: str
+    trunks: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GateSettings:
+    fail_mode: FailMode
+    decision_deadline: float
+    deny_cause: int
+    deny_label: str | None
+    allow_label: str
+    campaign_from: str
+    enforce_gate: bool
+    spool_dir: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    listen: tuple[str, int]
+    token: str | None
+    max_body: int
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    listen: tuple[str, int]
+    per_callerid: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    listen: tuple[str, int] | None
+    username: str | None
+    password: str | None
+    trunk_patterns: tuple[str, ...]
+    campaign_variable: str
+
+
+@dataclass(frozen=True, slots=True)
+class NumberSettings:
+    default_region: str
+    fallback_timezone: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database: DatabaseSettings
+    ari: AriSettings
+    gate: GateSettings
+    api: ApiSettings
+    metrics: MetricsSettings
+    proxy: ProxySettings
+    numbers: NumberSettings
+    profiles: Mapping[str, Profile]
+    profiles_raw: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    source: str = "built-in defaults"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "dialguard"
+
+
+# (section, key) -> (default, kind). Kinds parse both TOML values and environment strings.
+_SCHEMA: dict[tuple[str, str], tuple[Any, str]] = {
+    ("database", "url"): (None, "str?"),
+    ("database", "data_dir"): (None, "path?"),
+    ("database", "pool_size"): (20, "int"),
+    ("ari", "url"): ("http://127.0.0.1:8088/ari", "url"),
+    ("ari", "username"): ("dialguard", "str"),
+    ("ari", "password"): ("", "str"),
+    ("ari", "app"): ("dialguard", "str"),
+    ("ari", "trunks"): (["PJSIP/carrier"], "list"),
+    ("gate", "fail_mode"): ("closed", "failmode"),
+    ("gate", "decision_deadline"): ("500ms", "seconds"),
+    ("gate", "deny_cause"): (21, "cause"),
+    ("gate", "deny_label"): (None, "str?"),
+    ("gate", "allow_label"): ("allowed", "str"),
+    ("gate", "campaign_from"): ("arg:1", "campaign_from"),
+    ("gate", "enforce_gate"): (False, "bool"),
+    ("gate", "spool_dir"): (None, "path?"),
+    ("api", "listen"): ("127.0.0.1:8090", "listen"),
+    ("api", "token"): (None, "str?"),
+    ("api", "max_body"): (1048576, "int"),
+    ("metrics", "listen"): ("127.0.0.1:9108", "listen"),
+    ("metrics", "per_callerid"): (False, "bool"),
+    ("proxy", "listen"): (None, "listen?"),
+    ("proxy", "username"): (None, "str?"),
+    ("proxy", "password"): (None, "str?"),
+    ("proxy", "trunk_patterns"): ([r"^PJSIP/(?P<destination>[^@]+)@carrier$"], "regexes"),
+    ("proxy", "campaign_variable"): ("CAMPAIGN", "str"),
+    ("numbers", "default_region"): ("US", "region"),
+    ("numbers", "fallback_timezone"): ("America/New_York", "zone"),
+}
+_ENV_ALIASES = {"DIALGUARD_DATA_DIR": ("database", "data_dir")}
+
+
+def _parse(kind: str, value: Any, where: str) -> Any:
+    optional = kind.endswith("?")
+    base = kind.rstrip("?")
+    if value is None or (optional and value == ""):
+        if optional:
+            return None
+        raise ValueError("required")
+    if base == "str":
+        return str(value)
+    if base == "path":
+        return Path(str(value)).expanduser()
+    if base == "int":
+        if isinstance(value, bool) or not re.fullmatch(r"\d+", str(value)):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        return int(value)
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    if base in ("list", "regexes"):
+        items = value if isinstance(value, list) else [p for p in str(value).split(",") if p]
+        items = [str(i).strip() for i in items]
+        if base == "regexes":
+            for item in items:
+                try:
+                    pattern = re.compile(item)
+                except re.error as exc:
+                    raise ValueError(f"bad regex {item!r}: {exc}") from exc
+                if "destination" not in pattern.groupindex:
+                    raise ValueError(f"regex {item!r} needs a named group (?P<destination>...)")
+        return tuple(items)
+    if base == "url":
+        text = str(value)
+        if not re.match(r"https?://[^/]+", text):
+            raise ValueError(f"expected an http(s) URL, got {text!r}")
+        return text.rstrip("/")
+    if base == "seconds":
+        text = str(value).strip()
+        match = re.fullmatch(r"(\d+)ms", text)
+        try:
+            return int(match.group(1)) / 1000 if match else float(parse_duration(text))
+        except ValueSyntaxError as exc:
+            raise ValueError(f"expected a duration like 500ms or 2s, got {value!r}") from exc
+    if base == "failmode":
+        if value not in ("closed", "open"):
+            raise ValueError(f"expected 'closed' or 'open', got {value!r}")
+        return value
+    if base == "cause":
+        cause = _parse("int", value, where)
+        if not 1 <= cause <= 127:
+            raise ValueError(f"a Q.850 cause is 1..127, got {value!r}")
+        return cause
+    if base == "campaign_from":
+        text = str(value)
+        if not re.fullmatch(r"arg:\d+|var:[A-Za-z_][A-Za-z0-9_]*", text):
+            raise ValueError(f"expected arg:N or var:NAME, got {value!r}")
+        return text
+    if base == "listen":
+        text = str(value)
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        return (host.strip("[]"), int(port))
+    if base == "region":
+        if not is_valid_region(str(value)):
+            raise ValueError(f"unknown region {value!r} (use an ISO 3166 code like US or GB)")
+        return str(value)
+    if base == "zone":
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(str(value))
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return str(value)
+    raise AssertionError(f"unknown kind {kind}")
+
+
+def find_config_file(explicit: str | None, env: Mapping[str, str]) -> Path | None:
+    """``--config``, else ``DIALGUARD_CONFIG``, else ``./dialguard.toml`` if it exists."""
+    if explicit:
+        return Path(explicit)
+    if env.get("DIALGUARD_CONFIG"):
+        return Path(env["DIALGUARD_CONFIG"])
+    local = Path("dialguard.toml")
+    return local if local.is_file() else None
+
+
+def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, merge and validate; raises :class:`ConfigError` listing every problem."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError([f"{path}: config file not found"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: {exc}"]) from None
+    known_sections = {s for s, _ in _SCHEMA} | {"profiles"}
+    for section in data:
+        if section not in known_sections:
+            problems.append(f"{section}: unknown section")
+        elif section != "profiles":
+            for key in data[section]:
+                if (section, key) not in _SCHEMA:
+                    problems.append(f"{section}.{key}: unknown key")
+
+    values: dict[tuple[str, str], Any] = {}
+    env_keys = {f"DIALGUARD_{s.upper()}_{k.upper()}": (s, k) for s, k in _SCHEMA}
+    env_keys.update(_ENV_ALIASES)
+    env_values = {sk: env[name] for name, sk in env_keys.items() if name in env}
+    for (section, key), (default, kind) in _SCHEMA.items():
+        raw = data.get(section, {}).get(key, default)
+        origin = f"{section}.{key}"
+        if (section, key) in env_values:
+            raw = env_values[(section, key)]
+            origin = next(n for n, sk in env_keys.items() if sk == (section, key) and n in env)
+        try:
+            values[(section, key)] = _parse(kind, raw, origin)
+        except ValueError as exc:
+            problems.append(f"{origin}: {exc}")
+
+    profiles_raw = _profiles_raw(data.get("profiles", {}), env, problems)
+    profiles = dict(builtin_profiles())
+    for name, raw in profiles_raw.items():
+        try:
+            profiles[name] = build_profile(builtin_raw(name), raw, where=f"profiles.{name}")
+        except ProfileError as exc:
+            problems.extend(exc.problems)
+
+    if problems:
+        raise ConfigError(problems)
+
+    def v(section: str, key: str) -> Any:
+        return values[(section, key)]
+
+    data_dir = v("database", "data_dir") or default_data_dir()
+    api_listen = v("api", "listen")
+    if v("api", "token") is None and api_listen[0] not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError(["api.token: required when api.listen is not a loopback address"])
+    if v("proxy", "listen") is not None and not (v("proxy", "username") and v("proxy", "password")):
+        raise ConfigError(["proxy.username/proxy.password: required when proxy.listen is set"])
+    return Settings(
+        database=DatabaseSettings(v("database", "url"), data_dir, v("database", "pool_size")),
+        ari=AriSettings(
+            v("ari", "url"), v("ari", "username"), v("ari", "password"), v("ari", "app"),
+            v("ari", "trunks"),
+        ),
+        gate=GateSettings(
+            fail_mode=v("gate", "fail_mode"),
+            decision_deadline=v("gate", "decision_deadline"),
+            deny_cause=v("gate", "deny_cause"),
+            deny_label=v("gate", "deny_label"),
+            allow_label=v("gate", "allow_label"),
+            campaign_from=v("gate", "campaign_from"),
+            enforce_gate=v("gate", "enforce_gate"),
+            spool_dir=v("gate", "spool_dir") or data_dir / "spool",
+        ),
+        api=ApiSettings(api_listen, v("api", "token"), v("api", "max_body")),
+        metrics=MetricsSettings(v("metrics", "listen"), v("metrics", "per_callerid")),
+        proxy=ProxySettings(
+            v("proxy", "listen"), v("proxy", "username"), v("proxy", "password"),
+            v("proxy", "trunk_patterns"), v("proxy", "campaign_variable"),
+        ),
+        numbers=NumberSettings(v("numbers", "default_region"), v("numbers", "fallback_timezone")),
+        profiles=profiles,
+        profiles_raw={n: {**builtin_raw(n), **r} for n, r in profiles_raw.items()},
+        source=str(path) if path else "built-in defaults",
+    )
+
+
+def _profiles_raw(
+    table: Any, env: Mapping[str, str], problems: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Profiles from the file plus ``DIALGUARD_PROFILES_<NAME>_<KEY>`` variables."""
+    raw: dict[str, dict[str, Any]] = {}
+    if not isinstance(table, dict):
+        problems.append("profiles: expected tables like [profiles.default]")
+        return raw
+    for name, keys in table.items():
+        if not isinstance(keys, dict):
+            problems.append(f"profiles.{name}: expected a table")
+            continue
+        raw[name] = dict(keys)
+    for var, value in env.items():
+        if not var.startswith("DIALGUARD_PROFILES_"):
+            continue
+        rest = var.removeprefix("DIALGUARD_PROFILES_").lower()
+        key = next((k for k in PROFILE_KEYS if rest.endswith("_" + k)), None)
+        if key is None:
+            problems.append(f"{var}: no profile key matches (known: {', '.join(PROFILE_KEYS)})")
+            continue
+        name = rest[: -len(key) - 1]
+        raw.setdefault(name, {})[key] = value
+    return raw
+
+
+def profile_raw(settings: Settings, name: str) -> Mapping[str, Any]:
+    """The raw values of profile ``name`` as configured (shipped values where not)."""
+    return settings.profiles_raw.get(name) or builtin_raw(name)

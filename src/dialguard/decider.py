@@ -1,0 +1,258 @@
+"""THE use case: normalise, check, decide in one database round trip, count, explain.
+
+Every front door (the ARI gate, the ARI proxy, the admin API, the CLI) decides through
+:class:`Decider`; none builds a decision path of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from dialguard.numbers import time_zones, try_normalise
+from dialguard.policy.checks import precheck
+from dialguard.policy.codes import Rule, Verdict
+from dialguard.policy.evidence import callable_at, explain
+from dialguard.policy.model import Decision, Facts
+from dialguard.policy.profile import Profile, ProfileError, build_profile
+from dialguard.store.campaigns import CampaignStore
+from dialguard.store.decisions import DecideParams, DecideResult, DecisionStore
+from dialguard.store.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CAMPAIGN = "default"
+
+
+class DecisionMetrics(Protocol):
+    def decision(self, verdict: str, rule: str, campaign: str, seconds: float) -> None: ...
+    def store_error(self) -> None: ...
+    def fail_open_decision(self) -> None: ...
+
+
+class FailOpenSpool(Protocol):
+    """Keeps decisions allowed while the database was away, to write them back later."""
+
+    def append(self, decision: Decision, source: str, channel_id: str | None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRequest:
+    caller_id: str
+    destination: str
+    campaign: str | None = None
+    at: datetime | None = None
+    record: bool = True
+    source: str = "api"
+    channel_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NumberPolicy:
+    default_region: str
+    fallback_timezone: str
+
+
+class ProfileSource(Protocol):
+    """Where campaign profiles come from: the configured profiles by name."""
+
+    def raw(self, name: str) -> Mapping[str, Any] | None: ...
+
+
+class Decider:
+    """Decides attempts. Holds a per-campaign profile cache keyed by the campaign's version."""
+
+    def __init__(
+        self,
+        *,
+        decisions: DecisionStore,
+        campaigns: CampaignStore,
+        profiles: ProfileSource,
+        numbers: NumberPolicy,
+        metrics: DecisionMetrics | None = None,
+        deadline: float = 0.5,
+        fail_mode: str = "closed",
+        spool: FailOpenSpool | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._decisions = decisions
+        self._campaigns = campaigns
+        self._profiles = profiles
+        self._numbers = numbers
+        self._metrics = metrics
+        self._deadline = deadline
+        self._fail_mode = fail_mode
+        self._spool = spool
+        self._clock = clock
+        self._cache: dict[str, tuple[int, Profile]] = {}
+
+    async def decide(self, request: DecisionRequest) -> Decision:
+        started = time.perf_counter()
+        campaign = request.campaign or DEFAULT_CAMPAIGN
+        at = request.at or self._clock()
+        destination = try_normalise(request.destination, self._numbers.default_region)
+        caller = try_normalise(request.caller_id, self._numbers.default_region)
+        try:
+            async with asyncio.timeout(self._deadline):
+                params, result = await self._round_trip(request, campaign, at, destination, caller)
+        except (TimeoutError, StoreUnavailable) as exc:
+            decision = self._undecidable(request, campaign, at, destination, caller, exc)
+        else:
+            rule = Rule(result.rule) if result.rule else None
+            decision = Decision(
+                verdict=Verdict.DENY if rule else Verdict.ALLOW,
+                rule=rule,
+                evidence=explain(rule, result.facts),
+                decision_id=result.decision_id,
+                caller_id=caller or request.caller_id,
+                destination=destination or request.destination,
+                campaign=campaign,
+                at=at,
+                facts=result.facts,
+                callable_at=callable_at(rule, result.facts),
+            )
+        if self._metrics is not None and request.record:
+            rule_label = decision.rule.value if decision.rule else "none"
+            self._metrics.decision(
+                decision.verdict.value, rule_label, campaign, time.perf_counter() - started
+            )
+        return decision
+
+    async def profile_for(self, campaign: str) -> tuple[int, Profile]:
+        cached = self._cache.get(campaign)
+        if cached is not None:
+            return cached
+        return await self._load_profile(campaign)
+
+    def forget(self, campaign: str | None = None) -> None:
+        """Drop cached profiles (all, or one campaign's): the next decision re-reads them."""
+        if campaign is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(campaign, None)
+
+    async def _round_trip(
+        self,
+        request: DecisionRequest,
+        campaign: str,
+        at: datetime,
+        destination: str | None,
+        caller: str | None,
+    ) -> tuple[DecideParams, DecideResult]:
+        for _ in range(3):
+            version, profile = await self.profile_for(campaign)
+            params = self._params(request, campaign, at, destination, caller, version, profile)
+            result = await self._decisions.decide(params)
+            if not result.stale:
+                return params, result
+            # Someone changed the campaign since we cached it: re-read and decide again.
+            self._cache.pop(campaign, None)
+        raise StoreUnavailable(f"campaign {campaign} keeps changing; could not decide")
+
+    async def _load_profile(self, campaign: str) -> tuple[int, Profile]:
+        row = await self._campaigns.get(campaign)
+        version = 0 if row is None else int(row["version"])
+        name = "default" if row is None else str(row["profile"])
+        overrides: dict[str, Any] = {} if row is None else dict(row["overrides"])
+        raw = self._profiles.raw(name)
+        if raw is None:
+            log.error("campaign %s selects unknown profile %s; using default", campaign, name)
+            raw = self._profiles.raw("default") or {}
+        try:
+            profile = build_profile(raw, overrides, where=f"campaign {campaign}")
+        except ProfileError as exc:
+            log.error("campaign %s has invalid overrides (%s); using its profile alone", campaign, exc)
+            profile = build_profile(raw, {}, where=f"profiles.{name}")
+        self._cache[campaign] = (version, profile)
+        return version, profile
+
+    def _params(
+        self,
+        request: DecisionRequest,
+        campaign: str,
+        at: datetime,
+        destination: str | None,
+        caller: str | None,
+        version: int,
+        profile: Profile,
+    ) -> DecideParams:
+        zones = (
+            time_zones(destination, self._numbers.fallback_timezone) if destination else ()
+        )
+        pre = precheck(
+            destination=destination,
+            caller_id=caller,
+            raw_destination=request.destination,
+            raw_caller_id=request.caller_id,
+            zones=zones,
+            profile=profile,
+            at=at,
+        )
+        cooldown_on = profile.conversation_cooldown is not None
+        rotation = profile.rotation_per_destination
+        return DecideParams(
+            at=at,
+            caller_id=caller or request.caller_id,
+            destination=destination or request.destination,
+            campaign=campaign,
+            campaign_version=version,
+            record=request.record,
+            source=request.source,
+            channel_id=request.channel_id,
+            pre_rule=pre.rule.value if pre.rule else None,
+            pre_facts=pre.facts,
+            hours_facts=pre.hours_facts,
+            require_registered=profile.require_registered_callerid,
+            cooldown_s=profile.conversation_cooldown,
+            conversation_min_s=profile.conversation_min_seconds if cooldown_on else None,
+            interval_s=profile.destination_min_interval,
+            dest_cap_limits=[w.limit for w in profile.destination_caps],
+            dest_cap_windows=[w.seconds for w in profile.destination_caps],
+            rotation_limit=rotation.limit if rotation else None,
+            rotation_window_s=rotation.seconds if rotation else None,
+            campaign_rotation_limit=profile.campaign_callerids_per_day,
+            cid_cap_limits=[w.limit for w in profile.callerid_caps],
+            cid_cap_windows=[w.seconds for w in profile.callerid_caps],
+            cid_max_concurrent=profile.callerid_max_concurrent,
+            max_call_s=profile.max_call_duration,
+        )
+
+    def _undecidable(
+        self,
+        request: DecisionRequest,
+        campaign: str,
+        at: datetime,
+        destination: str | None,
+        caller: str | None,
+        exc: BaseException,
+    ) -> Decision:
+        error = str(exc) or type(exc).__name__
+        log.warning("decision for %s could not reach the database: %s", request.channel_id, error)
+        if self._metrics is not None:
+            self._metrics.store_error()
+        facts: Facts = {"deadline_ms": round(self._deadline * 1000), "error": error}
+        common: dict[str, Any] = {
+            "caller_id": caller or request.caller_id,
+            "destination": destination or request.destination,
+            "campaign": campaign,
+            "at": at,
+            "facts": facts,
+            "decision_id": None,
+        }
+        if self._fail_mode == "open" and request.record and destination and caller:
+            decision = Decision(
+                Verdict.ALLOW, None, "allowed in fail-open mode: " + error, **common
+            )
+            if self._spool is not None:
+                self._spool.append(decision, request.source, request.channel_id)
+            if self._metrics is not None:
+                self._metrics.fail_open_decision()
+            return decision
+        return Decision(
+            Verdict.DENY, Rule.STORE_UNAVAILABLE, explain(Rule.STORE_UNAVAILABLE, facts), **common
+        )

@@ -1,0 +1,53 @@
+"""The values a decision is made of and what it returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from dialguard.policy.codes import Rule, Verdict
+
+Facts = dict[str, Any]
+"""The evidence of a decision as data: counts, limits and times (ISO 8601) the rule saw."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A call someone wants to place, as it arrives (numbers not yet normalised)."""
+
+    caller_id: str
+    destination: str
+    campaign: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    verdict: Verdict
+    rule: Rule | None
+    evidence: str
+    decision_id: int | None
+    caller_id: str
+    destination: str
+    campaign: str
+    at: datetime
+    facts: Facts = field(default_factory=dict)
+    callable_at: datetime | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is Verdict.ALLOW
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict.value,
+            "rule": self.rule.value if self.rule else None,
+            "evidence": self.evidence,
+            "decision_id": self.decision_id,
+            "caller_id": self.caller_id,
+            "destination": self.destination,
+            "campaign": self.campaign,
+            "at": self.at.isoformat(),
+            "callable_at": self.callable_at.isoformat() if self.callable_at else None,
+        }

@@ -1,0 +1,1 @@
+"""PostgreSQL adapter: the pool, migrations, the embedded server and every query."""

@@ -1,0 +1,102 @@
+"""Blacklists: exact numbers (bigint E.164 digits) and prefixes, global ('') or per campaign."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from dialguard.store.connection import connection
+from dialguard.store.queries import q
+
+GLOBAL = ""
+StageRow = tuple[int, str, str, str | None, datetime | None]
+"""(number as E.164 digits, campaign or '', source, reason, expires_at) — one import row."""
+
+
+def number_key(e164: str) -> int:
+    return int(e164.lstrip("+"))
+
+
+def _number_row(row: Any) -> dict[str, Any]:
+    out = dict(row.items())
+    out["number"] = f"+{out['number']}"
+    return out
+
+
+class BlacklistStore:
+    """Reads and writes the blacklists through a pool it is given (and does not close)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def add_number(
+        self,
+        e164: str,
+        *,
+        campaign: str = GLOBAL,
+        source: str = "manual",
+        reason: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> dict[str, Any]:
+        async with connection(self._pool) as conn:
+            row = await conn.fetchrow(
+                q("blacklist_add_number"), number_key(e164), campaign, source, reason, expires_at
+            )
+        return _number_row(row)
+
+    async def get_number(self, e164: str, campaign: str = GLOBAL) -> dict[str, Any] | None:
+        async with connection(self._pool) as conn:
+            row = await conn.fetchrow(q("blacklist_get_number"), number_key(e164), campaign)
+        return _number_row(row) if row else None
+
+    async def remove_number(self, e164: str, campaign: str = GLOBAL) -> bool:
+        async with connection(self._pool) as conn:
+            row = await conn.fetchrow(q("blacklist_remove_number"), number_key(e164), campaign)
+        return row is not None
+
+    async def add_prefix(
+        self,
+        prefix: str,
+        *,
+        campaign: str = GLOBAL,
+        source: str = "manual",
+        reason: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> dict[str, Any]:
+        async with connection(self._pool) as conn:
+            row = await conn.fetchrow(
+                q("blacklist_add_prefix"), prefix, campaign, source, reason, expires_at
+            )
+        return dict(row.items())
+
+    async def get_prefix(self, prefix: str, campaign: str = GLOBAL) -> dict[str, Any] | None:
+        async with connection(self._pool) as conn:
+            row = await conn.fetchrow(q("blacklist_get_prefix"), prefix, campaign)
+        return dict(row.items()) if row else None
+
+    async def remove_prefix(self, prefix: str, campaign: str = GLOBAL) -> bool:
+        async with connection(self._pool) as conn:
+            row = await conn.fetchrow(q("blacklist_remove_prefix"), prefix, campaign)
+        return row is not None
+
+    async def import_chunk(self, rows: Sequence[StageRow]) -> int:
+        """COPY one chunk into a staging table and merge it, in one transaction."""
+        async with connection(self._pool) as conn, conn.transaction():
+            await conn.execute(q("blacklist_stage"))
+            await conn.copy_records_to_table(
+                "blacklist_stage",
+                records=rows,
+                columns=["number", "campaign", "source", "reason", "expires_at"],
+            )
+            await conn.execute(q("blacklist_merge_stage"))
+        return len(rows)
+
+    async def export(self) -> AsyncIterator[dict[str, Any]]:
+        """Every entry, numbers then prefixes, streamed with a server-side cursor."""
+        async with connection(self._pool) as conn, conn.transaction():
+            for name in ("blacklist_export_numbers", "blacklist_export_prefixes"):
+                async for row in conn.cursor(q(name), prefetch=5000):
+                    yield dict(row.items())

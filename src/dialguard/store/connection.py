@@ -1,0 +1,72 @@
+"""The asyncpg pool and the translation of driver failures into :class:`StoreUnavailable`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import asyncpg
+
+from dialguard.store.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Failures that mean "the database is not there", as opposed to a bug in a query.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ConnectionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.ConnectionFailureError,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
+    """Open a pool; the caller owns it and must ``await pool.close()``."""
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            command_timeout=30,
+            server_settings={"application_name": "dialguard"},
+        )
+    except UNAVAILABLE_ERRORS as exc:
+        raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
+    assert pool is not None
+    return pool
+
+
+@asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection, with driver failures translated."""
+    try:
+        async with pool.acquire() as conn:
+            yield conn
+    except UNAVAILABLE_ERRORS as exc:
+        raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+
+
+async def guarded(call: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await call()
+    except UNAVAILABLE_ERRORS as exc:
+        raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+
+
+def row_to_dict(row: Any) -> dict[str, Any]:
+    return dict(row.items())

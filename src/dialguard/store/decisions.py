@@ -1,0 +1,158 @@
+"""The decision round trip and the recording of outcomes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from dialguard.store.connection import connection
+
+from dialguard.store.queries import q
+
+_DECIDE = q("decide")
+_OUTCOME = q("record_outcome")
+
+
+@dataclass(frozen=True, slots=True)
+class DecideParams:
+    """Everything ``dg_decide`` needs; limits are ``None`` (or empty) when switched off."""
+
+    at: datetime
+    caller_id: str
+    destination: str
+    campaign: str
+    campaign_version: int
+    record: bool
+    source: str
+    channel_id: str | None
+    pre_rule: str | None
+    pre_facts: dict[str, Any] | None
+    hours_facts: dict[str, Any] | None
+    require_registered: bool
+    cooldown_s: int | None
+    conversation_min_s: int | None
+    interval_s: int | None
+    dest_cap_limits: list[int]
+    dest_cap_windows: list[int]
+    rotation_limit: int | None
+    rotation_window_s: int | None
+    campaign_rotation_limit: int | None
+    cid_cap_limits: list[int]
+    cid_cap_windows: list[int]
+    cid_max_concurrent: int | None
+    max_call_s: int
+
+    def args(self) -> tuple[Any, ...]:
+        return (
+            self.at,
+            self.caller_id,
+            self.destination,
+            self.campaign,
+            self.campaign_version,
+            self.record,
+            self.source,
+            self.channel_id,
+            self.pre_rule,
+            self.pre_facts,
+            self.hours_facts,
+            self.require_registered,
+            self.cooldown_s,
+            self.conversation_min_s,
+            self.interval_s,
+            self.dest_cap_limits,
+            self.dest_cap_windows,
+            self.rotation_limit,
+            self.rotation_window_s,
+            self.campaign_rotation_limit,
+            self.cid_cap_limits,
+            self.cid_cap_windows,
+            self.cid_max_concurrent,
+            self.max_call_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DecideResult:
+    decision_id: int | None
+    rule: str | None
+    facts: dict[str, Any]
+    stale: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeRecorded:
+    recorded: bool
+    caller_id: str | None
+    campaign: str | None
+
+
+class DecisionStore:
+    """Runs decisions against a pool it is given (and does not close)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def decide(self, params: DecideParams) -> DecideResult:
+        async with connection(self._pool) as conn:
+            row = await conn.fetchrow(_DECIDE, *params.args())
+        return DecideResult(row["decision_id"], row["rule"], row["facts"], row["stale"])
+
+    async def record_outcome(
+        self,
+        decision_id: int,
+        *,
+        outcome: str,
+        answered_seconds: int | None,
+        cause: int | None,
+        sip_code: int | None,
+        at: datetime,
+    ) -> OutcomeRecorded:
+        async with connection(self._pool) as conn:
+            row = await conn.fetchrow(
+                _OUTCOME, decision_id, outcome, answered_seconds, cause, sip_code, at
+            )
+        if row is None:
+            return OutcomeRecorded(False, None, None)
+        return OutcomeRecorded(True, row["caller_id"], row["campaign"])
+
+    async def get(self, decision_id: int) -> dict[str, Any] | None:
+        async with connection(self._pool) as conn:
+            row = await conn.fetchrow(q("get_decision"), decision_id)
+        return dict(row.items()) if row else None
+
+    async def find_by_channel(self, channel_id: str) -> int | None:
+        async with connection(self._pool) as conn:
+            value: int | None = await conn.fetchval(q("decision_by_channel"), channel_id)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionFilter:
+    destination: str | None = None
+    caller_id: str | None = None
+    campaign: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    rule: str | None = None
+    before_id: int | None = None
+    limit: int = 100
+
+
+async def list_decisions(pool: asyncpg.Pool, f: DecisionFilter) -> list[dict[str, Any]]:
+    """The audit trail, newest first; page with ``before_id`` = the last id seen."""
+    async with connection(pool) as conn:
+        rows = await conn.fetch(
+            q("list_decisions"),
+            f.destination,
+            f.caller_id,
+            f.campaign,
+            f.since,
+            f.until,
+            f.rule,
+            f.before_id,
+            f.limit,
+        )
+    return [dict(r.items()) for r in rows]

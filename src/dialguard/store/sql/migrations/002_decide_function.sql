@@ -1,0 +1,263 @@
+-- dg_decide: every check against shared state and the recording of the decision, in one
+-- transaction and one round trip. Pure checks (number validity, calling hours) arrive as
+-- parameters so the rule order stays the documented one. Per-key advisory locks (destination,
+-- then caller ID, then campaign; always in that order, so no cycle) serialise only decisions that
+-- share a key, and the statements after a lock see everything committed before it.
+CREATE OR REPLACE FUNCTION dg_decide(
+    p_at timestamptz,
+    p_caller text,
+    p_dest text,
+    p_campaign text,
+    p_campaign_version integer,
+    p_record boolean,
+    p_source text,
+    p_channel_id text,
+    p_pre_rule text,
+    p_pre_facts jsonb,
+    p_hours_facts jsonb,
+    p_require_registered boolean,
+    p_cooldown_s integer,
+    p_conversation_min_s integer,
+    p_interval_s integer,
+    p_dest_cap_limits integer[],
+    p_dest_cap_windows integer[],
+    p_rotation_limit integer,
+    p_rotation_window_s integer,
+    p_campaign_rotation_limit integer,
+    p_cid_cap_limits integer[],
+    p_cid_cap_windows integer[],
+    p_cid_max_concurrent integer,
+    p_max_call_s integer
+) RETURNS TABLE (decision_id bigint, rule text, facts jsonb, stale boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_rule   text := p_pre_rule;
+    v_facts  jsonb := p_pre_facts;
+    v_camp   record;
+    v_cid    record;
+    v_row    record;
+    v_n      integer;
+    v_t      timestamptz;
+    v_w      interval;
+    v_id     bigint;
+    i        integer;
+BEGIN
+    SELECT c.version, c.paused, c.pause_reason, c.paused_at INTO v_camp
+      FROM campaigns c WHERE c.name = p_campaign;
+    IF coalesce(v_camp.version, 0) <> p_campaign_version THEN
+        RETURN QUERY SELECT NULL::bigint, NULL::text,
+            jsonb_build_object('version', coalesce(v_camp.version, 0)), true;
+        RETURN;
+    END IF;
+
+    IF v_rule IS NULL THEN
+        SELECT c.state, c.reason, c.campaign, c.changed_at INTO v_cid
+          FROM callerids c WHERE c.number = p_caller;
+        IF NOT FOUND THEN
+            IF p_require_registered THEN
+                v_rule := 'callerid_unknown';
+                v_facts := jsonb_build_object('caller_id', p_caller, 'registered', false);
+            END IF;
+        ELSIF v_cid.campaign IS NOT NULL AND v_cid.campaign <> p_campaign THEN
+            v_rule := 'callerid_unknown';
+            v_facts := jsonb_build_object('caller_id', p_caller, 'registered_for', v_cid.campaign);
+        ELSIF v_cid.state <> 'active' THEN
+            v_rule := 'callerid_rested';
+            v_facts := jsonb_build_object('caller_id', p_caller, 'state', v_cid.state,
+                                          'reason', v_cid.reason, 'since', v_cid.changed_at);
+        END IF;
+    END IF;
+
+    IF v_rule IS NULL AND v_camp.paused THEN
+        v_rule := 'campaign_paused';
+        v_facts := jsonb_build_object('campaign', p_campaign, 'reason', v_camp.pause_reason,
+                                      'since', v_camp.paused_at);
+    END IF;
+
+    IF v_rule IS NULL THEN
+        SELECT b.campaign, b.source, b.expires_at INTO v_row
+          FROM blacklist_numbers b
+         WHERE b.number = substr(p_dest, 2)::bigint AND b.campaign IN ('', p_campaign)
+           AND (b.expires_at IS NULL OR b.expires_at > p_at)
+         ORDER BY b.campaign DESC LIMIT 1;
+        IF FOUND THEN
+            v_rule := 'blacklisted';
+            v_facts := jsonb_build_object('match', 'number', 'value', p_dest,
+                'scope', CASE WHEN v_row.campaign = '' THEN 'global' ELSE 'campaign' END,
+                'source', v_row.source, 'expires_at', v_row.expires_at);
+        ELSE
+            SELECT b.prefix, b.campaign, b.source, b.expires_at INTO v_row
+              FROM blacklist_prefixes b
+             WHERE b.prefix IN (SELECT left(p_dest, n) FROM generate_series(2, length(p_dest)) n)
+               AND b.campaign IN ('', p_campaign)
+               AND (b.expires_at IS NULL OR b.expires_at > p_at)
+             ORDER BY length(b.prefix) DESC LIMIT 1;
+            IF FOUND THEN
+                v_rule := 'blacklisted';
+                v_facts := jsonb_build_object('match', 'prefix', 'value', v_row.prefix,
+                    'scope', CASE WHEN v_row.campaign = '' THEN 'global' ELSE 'campaign' END,
+                    'source', v_row.source, 'expires_at', v_row.expires_at);
+            END IF;
+        END IF;
+    END IF;
+
+    IF v_rule IS NULL AND p_hours_facts IS NOT NULL THEN
+        v_rule := 'calling_hours';
+        v_facts := p_hours_facts;
+    END IF;
+
+    IF v_rule IS NULL AND p_record THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('dest:' || p_dest, 0));
+        IF cardinality(p_cid_cap_limits) > 0 OR p_cid_max_concurrent IS NOT NULL THEN
+            PERFORM pg_advisory_xact_lock(hashtextextended('cid:' || p_caller, 0));
+        END IF;
+    END IF;
+
+    IF v_rule IS NULL AND p_cooldown_s IS NOT NULL AND p_conversation_min_s IS NOT NULL THEN
+        SELECT d.at + make_interval(secs => d.answered_seconds) AS ended, d.answered_seconds
+          INTO v_row
+          FROM decisions d
+         WHERE d.destination = p_dest AND d.allowed AND d.at <= p_at
+           AND d.at > p_at - make_interval(secs => p_cooldown_s + greatest(p_max_call_s, 86400))
+           AND d.answered_seconds >= p_conversation_min_s
+           AND d.at + make_interval(secs => d.answered_seconds)
+               > p_at - make_interval(secs => p_cooldown_s)
+         ORDER BY 1 DESC LIMIT 1;
+        IF FOUND THEN
+            v_rule := 'destination_cooldown';
+            v_facts := jsonb_build_object('ended_at', v_row.ended,
+                'answered_seconds', v_row.answered_seconds, 'cooldown_s', p_cooldown_s,
+                'min_seconds', p_conversation_min_s,
+                'frees_at', v_row.ended + make_interval(secs => p_cooldown_s));
+        END IF;
+    END IF;
+
+    IF v_rule IS NULL AND p_interval_s IS NOT NULL THEN
+        SELECT max(d.at) INTO v_t FROM decisions d
+         WHERE d.destination = p_dest AND d.allowed AND d.at <= p_at
+           AND d.at > p_at - make_interval(secs => p_interval_s);
+        IF v_t IS NOT NULL THEN
+            v_rule := 'destination_interval';
+            v_facts := jsonb_build_object('last_at', v_t, 'interval_s', p_interval_s,
+                'frees_at', v_t + make_interval(secs => p_interval_s));
+        END IF;
+    END IF;
+
+    IF v_rule IS NULL THEN
+        FOR i IN 1 .. coalesce(cardinality(p_dest_cap_limits), 0) LOOP
+            v_w := make_interval(secs => p_dest_cap_windows[i]);
+            SELECT count(*) INTO v_n FROM decisions d
+             WHERE d.destination = p_dest AND d.allowed AND d.at > p_at - v_w AND d.at <= p_at;
+            IF v_n >= p_dest_cap_limits[i] THEN
+                SELECT d.at INTO v_t FROM decisions d
+                 WHERE d.destination = p_dest AND d.allowed AND d.at > p_at - v_w AND d.at <= p_at
+                 ORDER BY d.at OFFSET v_n - p_dest_cap_limits[i] LIMIT 1;
+                v_rule := 'destination_cap';
+                v_facts := jsonb_build_object('count', v_n, 'limit', p_dest_cap_limits[i],
+                    'window_s', p_dest_cap_windows[i], 'frees_at', v_t + v_w);
+                EXIT;
+            END IF;
+        END LOOP;
+    END IF;
+
+    IF v_rule IS NULL AND p_rotation_limit IS NOT NULL THEN
+        v_w := make_interval(secs => p_rotation_window_s);
+        PERFORM 1 FROM decisions d
+         WHERE d.destination = p_dest AND d.allowed AND d.caller_id = p_caller
+           AND d.at > p_at - v_w AND d.at <= p_at;
+        IF NOT FOUND THEN
+            SELECT count(DISTINCT d.caller_id) INTO v_n FROM decisions d
+             WHERE d.destination = p_dest AND d.allowed AND d.at > p_at - v_w AND d.at <= p_at;
+            IF v_n >= p_rotation_limit THEN
+                v_rule := 'callerid_rotation';
+                v_facts := jsonb_build_object('seen', v_n, 'limit', p_rotation_limit,
+                                              'window_s', p_rotation_window_s);
+            END IF;
+        END IF;
+    END IF;
+
+    IF v_rule IS NULL AND p_campaign_rotation_limit IS NOT NULL THEN
+        PERFORM 1 FROM campaign_callerids cc
+         WHERE cc.campaign = p_campaign AND cc.caller_id = p_caller
+           AND cc.last_used_at > p_at - interval '24 hours';
+        IF NOT FOUND THEN
+            -- Only a caller ID new to the campaign can raise its count: lock the campaign then.
+            IF p_record THEN
+                PERFORM pg_advisory_xact_lock(hashtextextended('camp:' || p_campaign, 0));
+            END IF;
+            SELECT count(*) INTO v_n FROM campaign_callerids cc
+             WHERE cc.campaign = p_campaign AND cc.caller_id <> p_caller
+               AND cc.last_used_at > p_at - interval '24 hours';
+            IF v_n >= p_campaign_rotation_limit THEN
+                v_rule := 'campaign_rotation';
+                v_facts := jsonb_build_object('used', v_n, 'limit', p_campaign_rotation_limit,
+                                              'window_s', 86400);
+            END IF;
+        END IF;
+    END IF;
+
+    IF v_rule IS NULL THEN
+        FOR i IN 1 .. coalesce(cardinality(p_cid_cap_limits), 0) LOOP
+            v_w := make_interval(secs => p_cid_cap_windows[i]);
+            SELECT count(*) INTO v_n FROM decisions d
+             WHERE d.caller_id = p_caller AND d.allowed AND d.at > p_at - v_w AND d.at <= p_at;
+            IF v_n >= p_cid_cap_limits[i] THEN
+                SELECT d.at INTO v_t FROM decisions d
+                 WHERE d.caller_id = p_caller AND d.allowed AND d.at > p_at - v_w AND d.at <= p_at
+                 ORDER BY d.at OFFSET v_n - p_cid_cap_limits[i] LIMIT 1;
+                v_rule := 'callerid_rate';
+                v_facts := jsonb_build_object('count', v_n, 'limit', p_cid_cap_limits[i],
+                    'window_s', p_cid_cap_windows[i], 'frees_at', v_t + v_w);
+                EXIT;
+            END IF;
+        END LOOP;
+    END IF;
+
+    IF v_rule IS NULL AND p_cid_max_concurrent IS NOT NULL THEN
+        SELECT count(*) INTO v_n FROM decisions d
+         WHERE d.caller_id = p_caller AND d.allowed AND d.outcome_at IS NULL
+           AND d.at > p_at - make_interval(secs => p_max_call_s) AND d.at <= p_at;
+        IF v_n >= p_cid_max_concurrent THEN
+            v_rule := 'callerid_concurrency';
+            v_facts := jsonb_build_object('up', v_n, 'limit', p_cid_max_concurrent);
+        END IF;
+    END IF;
+
+    IF p_record THEN
+        INSERT INTO decisions (at, caller_id, destination, campaign, allowed, rule, facts,
+                               source, channel_id)
+        VALUES (p_at, p_caller, p_dest, p_campaign, v_rule IS NULL, v_rule,
+                coalesce(v_facts, '{}'), p_source, p_channel_id)
+        RETURNING id INTO v_id;
+        IF v_rule IS NULL THEN
+            INSERT INTO campaign_callerids AS cc (campaign, caller_id, last_used_at)
+            VALUES (p_campaign, p_caller, p_at)
+            ON CONFLICT (campaign, caller_id) DO UPDATE
+               SET last_used_at = excluded.last_used_at
+             WHERE cc.last_used_at < excluded.last_used_at;
+        END IF;
+    END IF;
+
+    RETURN QUERY SELECT v_id, v_rule, coalesce(v_facts, '{}'::jsonb), false;
+END;
+$$;
+
+-- Record what became of an allowed call; the first outcome recorded wins.
+CREATE OR REPLACE FUNCTION dg_record_outcome(
+    p_decision_id bigint,
+    p_outcome text,
+    p_answered_seconds integer,
+    p_cause integer,
+    p_sip_code integer,
+    p_at timestamptz
+) RETURNS TABLE (recorded boolean, caller_id text, campaign text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
+    UPDATE decisions d
+       SET outcome = p_outcome, outcome_at = p_at, answered_seconds = p_answered_seconds,
+           cause = p_cause, sip_code = p_sip_code
+     WHERE d.id = p_decision_id AND d.allowed AND d.outcome_at IS NULL
+    RETURNING true, d.caller_id, d.campaign;
+END;
+$$;

@@ -1,0 +1,125 @@
+-- Named queries. Each block starts with "-- name: NAME" and runs to the next block.
+
+-- name: decide
+SELECT decision_id, rule, facts, stale FROM dg_decide(
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+    $21, $22, $23, $24)
+
+-- name: record_outcome
+SELECT recorded, caller_id, campaign FROM dg_record_outcome($1, $2, $3, $4, $5, $6)
+
+-- name: get_decision
+SELECT * FROM decisions WHERE id = $1
+
+-- name: decision_by_channel
+SELECT id FROM decisions WHERE channel_id = $1 AND allowed ORDER BY id DESC LIMIT 1
+
+-- name: list_decisions
+SELECT * FROM decisions
+ WHERE ($1::text IS NULL OR destination = $1)
+   AND ($2::text IS NULL OR caller_id = $2)
+   AND ($3::text IS NULL OR campaign = $3)
+   AND ($4::timestamptz IS NULL OR at >= $4)
+   AND ($5::timestamptz IS NULL OR at < $5)
+   AND ($6::text IS NULL OR rule = $6 OR ($6 = 'none' AND allowed))
+   AND ($7::bigint IS NULL OR id < $7)
+ ORDER BY id DESC
+ LIMIT $8
+
+-- name: get_campaign
+SELECT name, profile, overrides, paused, pause_reason, paused_at, version, updated_at
+  FROM campaigns WHERE name = $1
+
+-- name: list_campaigns
+SELECT name, profile, overrides, paused, pause_reason, paused_at, version, updated_at
+  FROM campaigns ORDER BY name
+
+-- name: set_campaign
+INSERT INTO campaigns AS c (name, profile, overrides)
+VALUES ($1, $2, $3)
+ON CONFLICT (name) DO UPDATE
+   SET profile = excluded.profile, overrides = excluded.overrides,
+       version = c.version + 1, updated_at = now()
+RETURNING name, profile, overrides, paused, pause_reason, paused_at, version, updated_at
+
+-- name: pause_campaign
+INSERT INTO campaigns AS c (name, paused, pause_reason, paused_at)
+VALUES ($1, $2, $3, CASE WHEN $2 THEN now() END)
+ON CONFLICT (name) DO UPDATE
+   SET paused = excluded.paused, pause_reason = excluded.pause_reason,
+       paused_at = excluded.paused_at, version = c.version + 1, updated_at = now()
+RETURNING name, profile, overrides, paused, pause_reason, paused_at, version, updated_at
+
+-- name: add_callerid
+INSERT INTO callerids AS c (number, campaign)
+VALUES ($1, $2)
+ON CONFLICT (number) DO UPDATE SET campaign = excluded.campaign
+RETURNING number, state, reason, campaign, created_at, changed_at
+
+-- name: get_callerid
+SELECT number, state, reason, campaign, created_at, changed_at FROM callerids WHERE number = $1
+
+-- name: list_callerids
+SELECT number, state, reason, campaign, created_at, changed_at FROM callerids
+ WHERE ($1::text IS NULL OR state = $1)
+ ORDER BY number
+
+-- name: set_callerid_state
+-- A retired caller ID is final: the WHERE keeps it retired, and the caller sees no row.
+UPDATE callerids
+   SET state = $2, reason = $3, changed_at = now()
+ WHERE number = $1 AND state <> 'retired'
+RETURNING number, state, reason, campaign, created_at, changed_at
+
+-- name: callerid_state_counts
+SELECT state, count(*)::int AS n FROM callerids GROUP BY state
+
+-- name: blacklist_add_number
+INSERT INTO blacklist_numbers AS b (number, campaign, source, reason, expires_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (number, campaign) DO UPDATE
+   SET source = excluded.source, reason = excluded.reason, expires_at = excluded.expires_at
+RETURNING number, campaign, source, reason, expires_at, created_at
+
+-- name: blacklist_get_number
+SELECT number, campaign, source, reason, expires_at, created_at
+  FROM blacklist_numbers WHERE number = $1 AND campaign = $2
+
+-- name: blacklist_remove_number
+DELETE FROM blacklist_numbers WHERE number = $1 AND campaign = $2 RETURNING number
+
+-- name: blacklist_add_prefix
+INSERT INTO blacklist_prefixes AS b (prefix, campaign, source, reason, expires_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (prefix, campaign) DO UPDATE
+   SET source = excluded.source, reason = excluded.reason, expires_at = excluded.expires_at
+RETURNING prefix, campaign, source, reason, expires_at, created_at
+
+-- name: blacklist_get_prefix
+SELECT prefix, campaign, source, reason, expires_at, created_at
+  FROM blacklist_prefixes WHERE prefix = $1 AND campaign = $2
+
+-- name: blacklist_remove_prefix
+DELETE FROM blacklist_prefixes WHERE prefix = $1 AND campaign = $2 RETURNING prefix
+
+-- name: blacklist_stage
+CREATE TEMPORARY TABLE blacklist_stage (
+    number bigint, campaign text, source text, reason text, expires_at timestamptz
+) ON COMMIT DROP
+
+-- name: blacklist_merge_stage
+-- One row per key wins (the last in the file), then upsert into the blacklist.
+INSERT INTO blacklist_numbers AS b (number, campaign, source, reason, expires_at)
+SELECT DISTINCT ON (number, campaign) number, campaign, source, reason, expires_at
+  FROM blacklist_stage
+ ORDER BY number, campaign
+ON CONFLICT (number, campaign) DO UPDATE
+   SET source = excluded.source, reason = excluded.reason, expires_at = excluded.expires_at
+
+-- name: blacklist_export_numbers
+SELECT '+' || number::text AS value, campaign, source, reason, expires_at
+  FROM blacklist_numbers ORDER BY number, campaign
+
+-- name: blacklist_export_prefixes
+SELECT prefix AS value, campaign, source, reason, expires_at
+  FROM blacklist_prefixes ORDER BY prefix, campaign
