@@ -85,5 +85,3 @@ async def pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
     p = await create_pool(db_dsn, min_size=1, max_size=10)
     yield p
     await p.close()
-
-

@@ -298,7 +298,10 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
     return Settings(
         database=DatabaseSettings(v("database", "url"), data_dir, v("database", "pool_size")),
         ari=AriSettings(
-            v("ari", "url"), v("ari", "username"), v("ari", "password"), v("ari", "app"),
+            v("ari", "url"),
+            v("ari", "username"),
+            v("ari", "password"),
+            v("ari", "app"),
             v("ari", "trunks"),
         ),
         gate=GateSettings(
@@ -314,8 +317,11 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
         api=ApiSettings(api_listen, v("api", "token"), v("api", "max_body")),
         metrics=MetricsSettings(v("metrics", "listen"), v("metrics", "per_callerid")),
         proxy=ProxySettings(
-            v("proxy", "listen"), v("proxy", "username"), v("proxy", "password"),
-            v("proxy", "trunk_patterns"), v("proxy", "campaign_variable"),
+            v("proxy", "listen"),
+            v("proxy", "username"),
+            v("proxy", "password"),
+            v("proxy", "trunk_patterns"),
+            v("proxy", "campaign_variable"),
         ),
         numbers=NumberSettings(v("numbers", "default_region"), v("numbers", "fallback_timezone")),
         profiles=profiles,

@@ -99,7 +99,7 @@ class Decider:
         caller = try_normalise(request.caller_id, self._numbers.default_region)
         try:
             async with asyncio.timeout(self._deadline):
-                params, result = await self._round_trip(request, campaign, at, destination, caller)
+                result = await self._round_trip(request, campaign, at, destination, caller)
         except (TimeoutError, StoreUnavailable) as exc:
             decision = self._undecidable(request, campaign, at, destination, caller, exc)
         else:
@@ -143,13 +143,13 @@ class Decider:
         at: datetime,
         destination: str | None,
         caller: str | None,
-    ) -> tuple[DecideParams, DecideResult]:
+    ) -> DecideResult:
         for _ in range(3):
             version, profile = await self.profile_for(campaign)
             params = self._params(request, campaign, at, destination, caller, version, profile)
             result = await self._decisions.decide(params)
             if not result.stale:
-                return params, result
+                return result
             # Someone changed the campaign since we cached it: re-read and decide again.
             self._cache.pop(campaign, None)
         raise StoreUnavailable(f"campaign {campaign} keeps changing; could not decide")
@@ -166,7 +166,9 @@ class Decider:
         try:
             profile = build_profile(raw, overrides, where=f"campaign {campaign}")
         except ProfileError as exc:
-            log.error("campaign %s has invalid overrides (%s); using its profile alone", campaign, exc)
+            log.error(
+                "campaign %s has invalid overrides (%s); using its profile alone", campaign, exc
+            )
             profile = build_profile(raw, {}, where=f"profiles.{name}")
         self._cache[campaign] = (version, profile)
         return version, profile
@@ -181,9 +183,7 @@ class Decider:
         version: int,
         profile: Profile,
     ) -> DecideParams:
-        zones = (
-            time_zones(destination, self._numbers.fallback_timezone) if destination else ()
-        )
+        zones = time_zones(destination, self._numbers.fallback_timezone) if destination else ()
         pre = precheck(
             destination=destination,
             caller_id=caller,

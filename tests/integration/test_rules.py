@@ -79,7 +79,9 @@ async def test_caller_id_registered_for_another_campaign_is_unknown(
     assert other.rule is Rule.CALLERID_UNKNOWN and "alpha" in other.evidence
 
 
-async def test_rested_and_retired_caller_ids_are_denied(decider: Decider, pool: asyncpg.Pool) -> None:
+async def test_rested_and_retired_caller_ids_are_denied(
+    decider: Decider, pool: asyncpg.Pool
+) -> None:
     await CallerIdStore(pool).set_state(CID, "rested", "manual")
     assert (await decide(decider)).rule is Rule.CALLERID_RESTED
     await CallerIdStore(pool).set_state(CID2, "retired", "number returned")
@@ -97,7 +99,9 @@ async def test_paused_campaign_is_denied_on_the_next_decision(
     assert (await decide(decider, campaign="spring", dest="+12122641235", at=NOON_NY + S)).allowed
 
 
-async def test_blacklisted_number_global_and_per_campaign(decider: Decider, pool: asyncpg.Pool) -> None:
+async def test_blacklisted_number_global_and_per_campaign(
+    decider: Decider, pool: asyncpg.Pool
+) -> None:
     bl = BlacklistStore(pool)
     await bl.add_number(DEST)
     assert (await decide(decider)).rule is Rule.BLACKLISTED
@@ -197,7 +201,11 @@ async def test_conversation_cooldown_boundary(decider: Decider, pool: asyncpg.Po
     first = await decide(decider)
     assert first.decision_id is not None
     await DecisionStore(pool).record_outcome(
-        first.decision_id, outcome="answered", answered_seconds=30, cause=16, sip_code=None,
+        first.decision_id,
+        outcome="answered",
+        answered_seconds=30,
+        cause=16,
+        sip_code=None,
         at=NOON_NY + timedelta(seconds=30),
     )
     ended = NOON_NY + timedelta(seconds=30)
@@ -211,7 +219,11 @@ async def test_short_answered_call_starts_no_cooldown(decider: Decider, pool: as
     first = await decide(decider)
     assert first.decision_id is not None
     await DecisionStore(pool).record_outcome(
-        first.decision_id, outcome="answered", answered_seconds=29, cause=16, sip_code=None,
+        first.decision_id,
+        outcome="answered",
+        answered_seconds=29,
+        cause=16,
+        sip_code=None,
         at=NOON_NY,
     )
     assert (await decide(decider, at=NOON_NY + timedelta(hours=4))).allowed
@@ -275,9 +287,14 @@ async def test_check_records_nothing(decider: Decider) -> None:
 async def test_rules_switched_off_never_deny(pool: asyncpg.Pool) -> None:
     await CallerIdStore(pool).add(CID, None)
     off = BuiltinProfiles(
-        calling_hours="off", destination_min_interval="off", destination_caps=[],
-        conversation_cooldown="off", rotation_per_destination="off",
-        campaign_callerids_per_day="off", callerid_caps=[], callerid_max_concurrent="off",
+        calling_hours="off",
+        destination_min_interval="off",
+        destination_caps=[],
+        conversation_cooldown="off",
+        rotation_per_destination="off",
+        campaign_callerids_per_day="off",
+        callerid_caps=[],
+        callerid_max_concurrent="off",
     )
     d = make_decider(pool, off)
     for i in range(20):

@@ -63,8 +63,7 @@ _TEMPLATES: dict[Rule, Callable[[Facts], str]] = {
         f" limit {f.get('limit')}"
     ),
     Rule.CAMPAIGN_ROTATION: lambda f: (
-        f"campaign used {f.get('used')} distinct caller IDs in {_window(f)},"
-        f" limit {f.get('limit')}"
+        f"campaign used {f.get('used')} distinct caller IDs in {_window(f)}, limit {f.get('limit')}"
     ),
     Rule.CALLERID_RATE: lambda f: (
         f"caller ID made {f.get('count')} calls in the last {_window(f)}, limit {f.get('limit')}"

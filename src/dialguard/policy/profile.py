@@ -138,7 +138,10 @@ def builtin_raw(name: str) -> dict[str, Any]:
 
 
 def builtin_profiles() -> dict[str, Profile]:
-    return {name: build_profile(builtin_raw(name), {}, where=f"profiles.{name}") for name in BUILTIN_CHANGES}
+    return {
+        name: build_profile(builtin_raw(name), {}, where=f"profiles.{name}")
+        for name in BUILTIN_CHANGES
+    }
 
 
 def parse_override_assignment(text: str) -> tuple[str, str]:

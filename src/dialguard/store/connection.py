@@ -70,3 +70,15 @@ async def guarded(call: Callable[[], Awaitable[T]]) -> T:
 
 def row_to_dict(row: Any) -> dict[str, Any]:
     return dict(row.items())
+
+
+class OneConnection:
+    """A pool stand-in over one connection, so that stores can work inside one transaction
+    that the caller commits or rolls back (``dialguard replay`` rolls back by default)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        yield self._conn

@@ -9,7 +9,6 @@ from typing import Any
 import asyncpg
 
 from dialguard.store.connection import connection
-
 from dialguard.store.queries import q
 
 _DECIDE = q("decide")

@@ -30,9 +30,9 @@ class EmbeddedPostgres:
             import pgserver
 
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+            server = pgserver.get_server(self.data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
         self._server = server
-        uri: str = server.get_uri()  # type: ignore[attr-defined]
+        uri: str = server.get_uri()
         log.info("embedded PostgreSQL ready in %s", self.data_dir)
         return uri
 

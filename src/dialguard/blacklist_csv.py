@@ -1,0 +1,84 @@
+"""Reading blacklist CSV files: streamed, chunked, every bad row reported with its line number.
+
+Columns (header optional): ``number`` (also ``value`` or ``destination``), then optional
+``campaign``, ``source``, ``reason``, ``expires_at`` (ISO 8601 with an offset). A file without a
+header is one number a line, optionally followed by those columns in that order.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from dialguard.numbers import InvalidNumber, normalise_for_list
+
+NUMBER_COLUMNS = ("number", "value", "destination")
+OPTIONAL_COLUMNS = ("campaign", "source", "reason", "expires_at")
+StageRow = tuple[int, str, str, str | None, datetime | None]
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time that must carry an offset (``Z`` or ``+02:00``)."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 time: {text!r}") from None
+    if value.tzinfo is None:
+        raise ValueError(f"time {text!r} has no offset; add Z or +HH:MM")
+    return value
+
+
+def read_rows(
+    lines: Iterable[str], *, region: str, default_source: str = "import", chunk_size: int = 50_000
+) -> Iterator[tuple[list[StageRow], list[RowError]]]:
+    """Yield (good rows, errors) per chunk; nothing is held beyond one chunk."""
+    reader = csv.reader(lines)
+    columns: list[str] | None = None
+    chunk: list[StageRow] = []
+    errors: list[RowError] = []
+    for record in reader:
+        line = reader.line_num
+        if not record or all(not cell.strip() for cell in record):
+            continue
+        if columns is None:
+            first = [cell.strip().lower() for cell in record]
+            if first[0] in NUMBER_COLUMNS:
+                unknown = [c for c in first[1:] if c not in OPTIONAL_COLUMNS]
+                if unknown:
+                    errors.append(RowError(line, f"unknown columns {unknown}"))
+                columns = [first[0], *[c for c in first[1:] if c in OPTIONAL_COLUMNS]]
+                continue
+            columns = ["number", *OPTIONAL_COLUMNS]
+        values = dict(zip(columns, (cell.strip() for cell in record), strict=False))
+        try:
+            chunk.append(_row(values, columns[0], region, default_source))
+        except (InvalidNumber, ValueError) as exc:
+            errors.append(RowError(line, str(exc)))
+        if len(chunk) >= chunk_size:
+            yield chunk, errors
+            chunk, errors = [], []
+    if chunk or errors:
+        yield chunk, errors
+
+
+def _row(values: dict[str, str], key: str, region: str, default_source: str) -> StageRow:
+    number = normalise_for_list(values.get(key, ""), region)
+    expires = values.get("expires_at") or ""
+    return (
+        int(number[1:]),
+        values.get("campaign") or "",
+        values.get("source") or default_source,
+        values.get("reason") or None,
+        parse_time(expires) if expires else None,
+    )
