@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -107,3 +110,176 @@ async def open_stores(
         open_stores(settings, url=found, run_migrations=run_migrations) as stores,
     ):
         yield stores
+
+
+# -- the service -------------------------------------------------------------------------------
+
+
+class Service:
+    """Everything `dialguard serve` runs, started and stopped in order.
+
+    Start: migrate, metrics, admin API, spool write-back, then the ARI listener, whose connect
+    hook subscribes to the trunks and reconciles parked channels before readiness turns on.
+    Stop (SIGTERM/SIGINT): close the ARI websocket first (new calls then fail closed in the
+    dialplan), finish decisions in flight, flush the spool, close the servers and the pool.
+    """
+
+    def __init__(self, settings: Settings, stores: Stores, *, drain_timeout: float = 10.0) -> None:
+        import aiohttp
+        from prometheus_client import CollectorRegistry
+
+        from dialguard import __version__
+        from dialguard.ari.client import AriClient
+        from dialguard.ari.listener import EventListener
+        from dialguard.gate import Gate, GateConfig
+        from dialguard.metrics import Metrics
+        from dialguard.outcomes import OutcomeTracker, StoreOutcomeSink
+        from dialguard.spool import Spool
+        from dialguard.store.decisions import insert_spooled
+        from dialguard.tasks import TaskSet
+
+        self.settings = settings
+        self.stores = stores
+        self._drain_timeout = drain_timeout
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(
+            self.registry, per_callerid=settings.metrics.per_callerid, build_version=__version__
+        )
+        self.tasks = TaskSet()
+        self.spool = Spool(settings.gate.spool_dir, lambda rows: insert_spooled(stores.pool, rows))
+        self.decider = build_decider(settings, stores, metrics=self.metrics, spool=self.spool)
+        self._session = aiohttp.ClientSession()
+        self.ari = AriClient(
+            settings.ari.url,
+            settings.ari.username,
+            settings.ari.password,
+            settings.ari.app,
+            session=self._session,
+        )
+        self.outcomes = OutcomeTracker(
+            StoreOutcomeSink(stores.decisions), self.metrics, self.tasks.spawn
+        )
+        gate = settings.gate
+        self.gate = Gate(
+            GateConfig(
+                app=settings.ari.app,
+                trunks=settings.ari.trunks,
+                allow_label=gate.allow_label,
+                deny_cause=gate.deny_cause,
+                deny_label=gate.deny_label,
+                campaign_from=gate.campaign_from,
+                destination_from=gate.destination_from,
+                enforce_gate=gate.enforce_gate,
+            ),
+            self.decider,
+            self.ari,
+            self.outcomes,
+            self.tasks,
+            self.metrics,
+        )
+        self.listener = EventListener(
+            settings.ari.url,
+            settings.ari.username,
+            settings.ari.password,
+            settings.ari.app,
+            on_event=self.gate.on_event,
+            on_connect=self.gate.on_connect,
+            on_disconnect=self.gate.on_disconnect,
+            subscribe_all=settings.ari.subscribe_all,
+            session=self._session,
+        )
+        self._runners: list[Any] = []
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    def readiness(self) -> tuple[bool, dict[str, bool]]:
+        return self.gate.ready, self.gate.status()
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        from dialguard.api.health import add_health_routes
+        from dialguard.metrics_http import make_metrics_app
+
+        metrics_app = make_metrics_app(self.registry)
+        api_app = self.build_api()
+        add_health_routes(api_app, self.readiness)
+        for app, (host, port) in (
+            (metrics_app, self.settings.metrics.listen),
+            (api_app, self.settings.api.listen),
+        ):
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            self._runners.append(runner)
+            await web.TCPSite(runner, host, port).start()
+        await self.spool.start()
+        self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        await self.listener.start()
+        log.info(
+            "dialguard serving: API %s:%s, metrics %s:%s, ARI %s",
+            *self.settings.api.listen,
+            *self.settings.metrics.listen,
+            self.settings.ari.url,
+        )
+
+    def build_api(self) -> Any:
+        """The admin API application (its routes are added by the API module)."""
+        from aiohttp import web
+
+        try:
+            from dialguard.api.routes import build_api_app  # type: ignore[import-not-found]
+        except ImportError:
+            return web.Application()
+        return build_api_app(self)
+
+    async def stop(self) -> None:
+        await self.listener.stop()
+        self.gate.on_disconnect()
+        if not await self.gate.drain(self._drain_timeout):
+            log.error("stopping with decisions still in flight after %.0f s", self._drain_timeout)
+        await self.tasks.drain(2.0)
+        await self.tasks.cancel_all()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        await self.spool.stop()
+        with contextlib.suppress(Exception):
+            await self.spool.flush()
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        await self._session.close()
+
+    async def _housekeep(self) -> None:
+        from dialguard.store.errors import StoreUnavailable
+
+        while True:
+            self.outcomes.expire()
+            with contextlib.suppress(StoreUnavailable):
+                self.metrics.set_callerid_states(await self.stores.callerids.state_counts())
+            await asyncio.sleep(15)
+
+
+async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set); returns the exit code."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with open_stores(settings) as stores:
+        service = Service(settings, stores)
+        try:
+            await service.start()
+        except OSError as exc:
+            await service.stop()
+            raise StartupError(f"cannot listen: {exc.strerror or exc}") from exc
+        try:
+            await stop.wait()
+            log.info("stopping: finishing decisions in flight")
+        finally:
+            await service.stop()
+    return 0
+
+
+class StartupError(Exception):
+    """A fatal start-up problem, reported as one line."""

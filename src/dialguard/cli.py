@@ -445,9 +445,13 @@ async def _blacklist_import(settings: Settings, stores: Stores, args: argparse.N
 
 
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    from dialguard.service import serve
+    from dialguard.app import StartupError, serve
 
-    return int(await serve(settings))
+    try:
+        return int(await serve(settings))
+    except StartupError as exc:
+        print(f"dialguard: {exc}", file=sys.stderr)
+        return 1
 
 
 async def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:

@@ -51,6 +51,7 @@ class AriSettings:
     password: str
     app: str
     trunks: tuple[str, ...]
+    subscribe_all: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ class GateSettings:
     deny_label: str | None
     allow_label: str
     campaign_from: str
+    destination_from: str
     enforce_gate: bool
     spool_dir: Path
 
@@ -122,12 +124,14 @@ _SCHEMA: dict[tuple[str, str], tuple[Any, str]] = {
     ("ari", "password"): ("", "str"),
     ("ari", "app"): ("dialguard", "str"),
     ("ari", "trunks"): (["PJSIP/carrier"], "list"),
+    ("ari", "subscribe_all"): (True, "bool"),
     ("gate", "fail_mode"): ("closed", "failmode"),
     ("gate", "decision_deadline"): ("500ms", "seconds"),
     ("gate", "deny_cause"): (21, "cause"),
     ("gate", "deny_label"): (None, "str?"),
     ("gate", "allow_label"): ("allowed", "str"),
     ("gate", "campaign_from"): ("arg:1", "campaign_from"),
+    ("gate", "destination_from"): ("exten", "destination_from"),
     ("gate", "enforce_gate"): (False, "bool"),
     ("gate", "spool_dir"): (None, "path?"),
     ("api", "listen"): ("127.0.0.1:8090", "listen"),
@@ -205,8 +209,13 @@ def _parse(kind: str, value: Any, where: str) -> Any:
         return cause
     if base == "campaign_from":
         text = str(value)
-        if not re.fullmatch(r"arg:\d+|var:[A-Za-z_][A-Za-z0-9_]*", text):
+        if not re.fullmatch(r"arg:[1-9]\d*|var:[A-Za-z_][A-Za-z0-9_]*", text):
             raise ValueError(f"expected arg:N or var:NAME, got {value!r}")
+        return text
+    if base == "destination_from":
+        text = str(value)
+        if not re.fullmatch(r"exten|arg:[1-9]\d*|var:[A-Za-z_][A-Za-z0-9_]*", text):
+            raise ValueError(f"expected exten, arg:N or var:NAME, got {value!r}")
         return text
     if base == "listen":
         text = str(value)
@@ -303,6 +312,7 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
             v("ari", "password"),
             v("ari", "app"),
             v("ari", "trunks"),
+            v("ari", "subscribe_all"),
         ),
         gate=GateSettings(
             fail_mode=v("gate", "fail_mode"),
@@ -311,6 +321,7 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
             deny_label=v("gate", "deny_label"),
             allow_label=v("gate", "allow_label"),
             campaign_from=v("gate", "campaign_from"),
+            destination_from=v("gate", "destination_from"),
             enforce_gate=v("gate", "enforce_gate"),
             spool_dir=v("gate", "spool_dir") or data_dir / "spool",
         ),

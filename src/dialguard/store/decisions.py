@@ -155,3 +155,31 @@ async def list_decisions(pool: asyncpg.Pool, f: DecisionFilter) -> list[dict[str
             f.limit,
         )
     return [dict(r.items()) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledDecision:
+    """An allowed decision made without the database, to be written back."""
+
+    spool_id: str
+    at: datetime
+    caller_id: str
+    destination: str
+    campaign: str
+    source: str
+    channel_id: str | None
+
+
+async def insert_spooled(pool: asyncpg.Pool, rows: list[SpooledDecision]) -> None:
+    """Write spooled decisions back in one statement; a row already written is skipped."""
+    async with connection(pool) as conn:
+        await conn.execute(
+            q("insert_spooled"),
+            [r.spool_id for r in rows],
+            [r.at for r in rows],
+            [r.caller_id for r in rows],
+            [r.destination for r in rows],
+            [r.campaign for r in rows],
+            [r.source for r in rows],
+            [r.channel_id for r in rows],
+        )

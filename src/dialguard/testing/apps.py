@@ -33,7 +33,7 @@ class AppSocket:
 
     app: str
     ws: web.WebSocketResponse
-    transport: asyncio.BaseTransport | None
+    transport: asyncio.Transport | None
     subscribe_all: bool
     replaced: bool = False
 
@@ -128,6 +128,14 @@ class AppRegistry:
         if app is None:
             return False
         await self._send(app.socket, event)
+        return True
+
+    async def send_raw(self, name: str, text: str) -> bool:
+        """Write arbitrary text to an application's socket (to test malformed input)."""
+        app = self.apps.get(name)
+        if app is None:
+            return False
+        await app.socket.ws.send_str(text)
         return True
 
     async def _send(self, sock: AppSocket, event: dict[str, Any]) -> None:

@@ -177,9 +177,8 @@ def _check_value(p: Param, value: Any) -> str | None:
                 return f"{p.name!r} must be an integer, got {item!r}"
             if p.minimum is not None and int(item) < p.minimum:
                 return f"{p.name!r} must be >= {p.minimum}"
-        elif p.data_type == "boolean":
-            if item not in ("true", "false"):
-                return f"{p.name!r} must be true or false, got {item!r}"
+        elif p.data_type == "boolean" and item not in ("true", "false"):
+            return f"{p.name!r} must be true or false, got {item!r}"
         if p.allowed_values is not None and item not in p.allowed_values:
             return f"{p.name!r} value {item!r} is not one of {', '.join(p.allowed_values)}"
     return None

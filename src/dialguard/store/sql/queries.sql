@@ -123,3 +123,19 @@ SELECT '+' || number::text AS value, campaign, source, reason, expires_at
 -- name: blacklist_export_prefixes
 SELECT prefix AS value, campaign, source, reason, expires_at
   FROM blacklist_prefixes ORDER BY prefix, campaign
+
+-- name: insert_spooled
+WITH spooled AS (
+    INSERT INTO decisions (at, caller_id, destination, campaign, allowed, rule, facts, source,
+                           channel_id, spool_id)
+    SELECT s.at, s.caller_id, s.destination, s.campaign, true, NULL,
+           '{"fail_open": true}'::jsonb, s.source, s.channel_id, s.spool_id
+      FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
+                  $7::text[]) AS s(spool_id, at, caller_id, destination, campaign, source, channel_id)
+    ON CONFLICT (spool_id) WHERE spool_id IS NOT NULL DO NOTHING
+    RETURNING campaign, caller_id, at
+)
+INSERT INTO campaign_callerids AS cc (campaign, caller_id, last_used_at)
+SELECT campaign, caller_id, max(at) FROM spooled GROUP BY campaign, caller_id
+ON CONFLICT (campaign, caller_id) DO UPDATE
+   SET last_used_at = greatest(cc.last_used_at, excluded.last_used_at)

@@ -1,0 +1,1 @@
+"""The admin HTTP API (aiohttp): decisions, scrubbing, blacklists, complaints, caller IDs."""

@@ -1,0 +1,302 @@
+"""The ARI front door: every channel that enters ``Stasis(dialguard, ...)`` is decided.
+
+Filter, then match: :meth:`Gate.on_event` runs on the websocket reader, so it only routes; each
+StasisStart is decided in its own task under a deadline, and the reader never waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from dialguard.ari.errors import AriError, AriUnavailable, ChannelGone, NotInStasis
+from dialguard.ari.events import (
+    ApplicationReplaced,
+    Channel,
+    ChannelCreated,
+    ChannelDestroyed,
+    ChannelStateChange,
+    Dial,
+    Event,
+    StasisStart,
+)
+from dialguard.decider import DecisionRequest
+from dialguard.outcomes import OutcomeTracker
+from dialguard.policy.model import Decision
+from dialguard.tasks import TaskSet
+
+log = logging.getLogger(__name__)
+
+
+class AriCommands(Protocol):
+    async def continue_in_dialplan(self, channel_id: str, *, label: str | None = None) -> None: ...
+    async def hangup(self, channel_id: str, *, reason_code: int | None = None) -> None: ...
+    async def set_variable(self, channel_id: str, name: str, value: str) -> None: ...
+    async def list_channels(self) -> list[dict[str, Any]]: ...
+    async def subscribe(self, event_source: str) -> dict[str, Any]: ...
+    async def request(
+        self, method: str, path: str, params: Any = None, *, channel_id: str | None = None
+    ) -> Any: ...
+
+
+class Decide(Protocol):
+    async def decide(self, request: DecisionRequest) -> Decision: ...
+
+
+class GateMetrics(Protocol):
+    def ari_connected(self, connected: bool) -> None: ...
+    def ari_reconnect(self) -> None: ...
+    def ungated_call(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GateConfig:
+    app: str
+    trunks: tuple[str, ...]
+    allow_label: str
+    deny_cause: int
+    deny_label: str | None
+    campaign_from: str
+    destination_from: str
+    enforce_gate: bool = False
+    ungated_grace: float = 2.0
+
+
+class Gate:
+    """Owns the tasks it spawns; :meth:`drain` waits for them, :meth:`close` cancels them."""
+
+    def __init__(
+        self,
+        config: GateConfig,
+        decider: Decide,
+        ari: AriCommands,
+        outcomes: OutcomeTracker,
+        tasks: TaskSet,
+        metrics: GateMetrics | None = None,
+    ) -> None:
+        self._config = config
+        self._decider = decider
+        self._ari = ari
+        self._outcomes = outcomes
+        self._metrics = metrics
+        self._tasks = tasks
+        self._deciding: set[str] = set()
+        self._connected = False
+        self._reconciled = False
+        self._replaced = False
+        self._connections = 0
+        self._trunk_prefixes = tuple(t + "-" for t in config.trunks)
+        self._linked_trunks: set[str] = set()
+        self.decided = 0
+
+    # -- readiness ----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._connected and self._reconciled and not self._replaced
+
+    def status(self) -> dict[str, bool]:
+        return {
+            "ari_connected": self._connected,
+            "reconciled": self._reconciled,
+            "replaced": self._replaced,
+        }
+
+    # -- listener callbacks -------------------------------------------------------------------
+
+    async def on_connect(self) -> None:
+        """Subscribe to the trunks, then decide every channel left parked while we were away."""
+        self._connected = True
+        self._replaced = False
+        self._connections += 1
+        if self._metrics is not None:
+            self._metrics.ari_connected(True)
+            if self._connections > 1:
+                self._metrics.ari_reconnect()
+        for trunk in self._config.trunks:
+            await self._ari.subscribe(f"endpoint:{trunk}")
+        parked = [c for c in await self._ari.list_channels() if self._is_parked_here(c)]
+        if parked:
+            log.warning("reconciling %d channels parked in Stasis while disconnected", len(parked))
+        results = await asyncio.gather(
+            *(self._reconcile(raw) for raw in parked), return_exceptions=True
+        )
+        for raw, result in zip(parked, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("channel %s: reconciliation failed: %s", raw.get("id"), result)
+        self._reconciled = True
+
+    def on_disconnect(self) -> None:
+        self._connected = False
+        self._reconciled = False
+        if self._metrics is not None:
+            self._metrics.ari_connected(False)
+
+    def on_event(self, event: Event) -> None:
+        match event:
+            case StasisStart(application=app) if app == self._config.app:
+                self._spawn(self._decide_channel(event.channel, event.args))
+            case Dial(caller=caller, peer=peer, dialstatus=status, timestamp=at):
+                if self._outcomes.on_dial(caller.id if caller else None, peer.id, status, at):
+                    self._linked_trunks.add(peer.id)
+            case ChannelStateChange(channel=channel, timestamp=at) if channel.state == "Up":
+                self._outcomes.on_answer(channel.id, at)
+            case ChannelCreated(channel=channel) if self._is_trunk_channel(channel):
+                self._spawn(self._watch_trunk_channel(channel))
+            case ChannelDestroyed(channel=channel, cause=cause, tech_cause=tech, timestamp=at):
+                self._linked_trunks.discard(channel.id)
+                self._outcomes.on_destroyed(channel.id, cause, tech, at)
+            case ApplicationReplaced(application=app):
+                self._replaced = True
+                log.error(
+                    "another connection took the ARI application %s: this instance receives no"
+                    " more calls and reports not ready",
+                    app,
+                )
+            case _:
+                return
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def drain(self, within: float) -> bool:
+        """Wait for decisions in flight; False if some were still running at the timeout."""
+        return await self._tasks.drain(within)
+
+    # -- the decision path --------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        self._tasks.spawn(coro)
+
+    async def _reconcile(self, raw: dict[str, Any]) -> None:
+        channel = Channel.from_json(raw)
+        args = tuple(a for a in channel.app_data.split(",")[1:])
+        await self._decide_channel(channel, args)
+
+    async def _decide_channel(self, channel: Channel, args: tuple[str, ...]) -> None:
+        if channel.id in self._deciding:
+            return  # reconciliation and a late StasisStart for the same channel
+        self._deciding.add(channel.id)
+        try:
+            await self._decide_and_command(channel, args)
+        except (ChannelGone, NotInStasis):
+            log.info("channel %s left before the decision was applied", channel.id)
+        except AriError as exc:
+            log.error("channel %s: ARI refused the command: %s", channel.id, exc)
+        except Exception:
+            log.exception("channel %s: deciding failed", channel.id)
+        finally:
+            self._deciding.discard(channel.id)
+
+    async def _decide_and_command(self, channel: Channel, args: tuple[str, ...]) -> None:
+        destination = await self._pick(self._config.destination_from, channel, args)
+        campaign = await self._pick(self._config.campaign_from, channel, args)
+        decision = await self._decider.decide(
+            DecisionRequest(
+                caller_id=channel.caller_number,
+                destination=destination or "",
+                campaign=campaign or None,
+                source="gate",
+                channel_id=channel.id,
+            )
+        )
+        self.decided += 1
+        log.info(
+            "channel %s: %s %s (%s)",
+            channel.id,
+            decision.verdict.value,
+            decision.rule.value if decision.rule else "",
+            decision.evidence,
+        )
+        if decision.allowed:
+            await self._allow(channel, decision)
+        else:
+            await self._deny(channel, decision)
+
+    async def _allow(self, channel: Channel, decision: Decision) -> None:
+        await asyncio.gather(
+            self._ari.set_variable(channel.id, "DIALGUARD_DECISION", "allow"),
+            self._ari.set_variable(
+                channel.id, "DIALGUARD_DECISION_ID", str(decision.decision_id or "")
+            ),
+        )
+        if decision.decision_id is not None:
+            self._outcomes.allowed(
+                channel.id, decision.decision_id, decision.campaign, decision.caller_id
+            )
+        await self._ari.continue_in_dialplan(channel.id, label=self._config.allow_label)
+
+    async def _deny(self, channel: Channel, decision: Decision) -> None:
+        rule = decision.rule.value if decision.rule else ""
+        await asyncio.gather(
+            self._ari.set_variable(channel.id, "DIALGUARD_DECISION", "deny"),
+            self._ari.set_variable(channel.id, "DIALGUARD_RULE", rule),
+        )
+        if self._config.deny_label:
+            await self._ari.continue_in_dialplan(channel.id, label=self._config.deny_label)
+        else:
+            await self._ari.hangup(channel.id, reason_code=self._config.deny_cause)
+
+    async def _pick(self, source: str, channel: Channel, args: tuple[str, ...]) -> str | None:
+        """Read a value as configured: ``exten``, ``arg:N`` (1-based) or ``var:NAME``."""
+        if source == "exten":
+            return channel.exten
+        kind, _, name = source.partition(":")
+        if kind == "arg":
+            index = int(name) - 1
+            return args[index].strip() if index < len(args) else None
+        if name in channel.channelvars:
+            return channel.channelvars[name]
+        try:
+            result = await self._ari.request(
+                "GET", f"/channels/{channel.id}/variable", {"variable": name}, channel_id=channel.id
+            )
+        except ChannelGone:
+            raise
+        except AriError:
+            return None
+        value = result.get("value") if isinstance(result, dict) else None
+        return str(value) if value else None
+
+    # -- bypass detection ---------------------------------------------------------------------
+
+    def _is_trunk_channel(self, channel: Channel) -> bool:
+        return channel.name.startswith(self._trunk_prefixes)
+
+    def _is_parked_here(self, raw: dict[str, Any]) -> bool:
+        dialplan = raw.get("dialplan") or {}
+        data = str(dialplan.get("app_data") or "")
+        app = self._config.app
+        return dialplan.get("app_name") == "Stasis" and (data == app or data.startswith(app + ","))
+
+    async def _watch_trunk_channel(self, channel: Channel) -> None:
+        """A trunk channel that no allowed decision explains within the grace time is ungated."""
+        await asyncio.sleep(self._config.ungated_grace)
+        if channel.id in self._linked_trunks or self._outcomes.is_tracked_trunk(channel.id):
+            return
+        if not await self._still_up(channel.id):
+            return
+        log.warning(
+            "ungated call on trunk channel %s (%s) from caller ID %s: it did not pass dialguard",
+            channel.id,
+            channel.name,
+            channel.caller_number or "unknown",
+        )
+        if self._metrics is not None:
+            self._metrics.ungated_call()
+        if self._config.enforce_gate:
+            try:
+                await self._ari.hangup(channel.id, reason_code=21)
+            except (ChannelGone, AriUnavailable) as exc:
+                log.info("channel %s: could not hang up the ungated call: %s", channel.id, exc)
+
+    async def _still_up(self, channel_id: str) -> bool:
+        try:
+            await self._ari.request("GET", f"/channels/{channel_id}", channel_id=channel_id)
+        except ChannelGone:
+            return False
+        except AriError:
+            return True
+        return True

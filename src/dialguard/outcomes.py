@@ -1,0 +1,226 @@
+"""What became of each allowed call, read from the trunk channels' events.
+
+The gate tells the tracker which channel it allowed and under which decision. The ``Dial``
+event links that channel (the caller) to the trunk channel (the peer); the peer's answer and its
+``ChannelDestroyed`` (the only reliable cause: ``ChannelHangupRequest.cause`` is a bit mask when
+soft) give the outcome, recorded once per decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from dialguard.policy.codes import Outcome
+from dialguard.policy.outcome import classify, rejection_label
+from dialguard.store.errors import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+# A channel that dies with cause 0 this soon after `continue` never reached a real extension:
+# Asterisk answers 204 to a continue into a missing context or extension, then drops the call.
+MISCONFIGURED_WITHIN = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    decision_id: int
+    outcome: Outcome
+    answered_seconds: int | None
+    cause: int | None
+    sip_code: int | None
+    at: datetime
+    campaign: str
+    caller_id: str
+
+
+class OutcomeSink(Protocol):
+    async def record(self, outcome: CallOutcome) -> None: ...
+
+
+class OutcomeMetrics(Protocol):
+    def call_outcome(
+        self, outcome: str, campaign: str | None, caller_id: str | None = None
+    ) -> None: ...
+    def carrier_rejection(self, label: str, campaign: str | None) -> None: ...
+    def dialplan_misconfigured(self) -> None: ...
+
+
+@dataclass
+class _Allowed:
+    channel_id: str
+    decision_id: int
+    campaign: str
+    caller_id: str
+    continued_at: float
+    trunk_channel: str | None = None
+
+
+@dataclass
+class _TrunkLeg:
+    call: _Allowed
+    answered_at: datetime | None = None
+    seen: float = field(default_factory=time.monotonic)
+
+
+class OutcomeTracker:
+    """Links allowed channels to their trunk legs and records outcomes through ``sink``.
+
+    Memory is bounded: entries older than ``max_age`` seconds (a call that never ended in our
+    sight) are dropped by :meth:`expire`, which the owner calls periodically.
+    """
+
+    def __init__(
+        self,
+        sink: OutcomeSink,
+        metrics: OutcomeMetrics | None,
+        spawn: Callable[[Awaitable[None]], object],
+        *,
+        max_age: float = 7200.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sink = sink
+        self._metrics = metrics
+        self._spawn = spawn
+        self._max_age = max_age
+        self._clock = clock
+        self._allowed: dict[str, _Allowed] = {}
+        self._trunk: dict[str, _TrunkLeg] = {}
+
+    def allowed(self, channel_id: str, decision_id: int, campaign: str, caller_id: str) -> None:
+        self._allowed[channel_id] = _Allowed(
+            channel_id, decision_id, campaign, caller_id, self._clock()
+        )
+
+    def is_allowed_channel(self, channel_id: str) -> bool:
+        return channel_id in self._allowed
+
+    def is_tracked_trunk(self, channel_id: str) -> bool:
+        return channel_id in self._trunk
+
+    def on_dial(self, caller_id: str | None, peer_id: str, dialstatus: str, at: datetime) -> bool:
+        """Returns True when the dial belongs to an allowed call."""
+        leg = self._trunk.get(peer_id)
+        if leg is None:
+            call = self._allowed.get(caller_id) if caller_id else None
+            if call is None:
+                return False
+            call.trunk_channel = peer_id
+            leg = self._trunk[peer_id] = _TrunkLeg(call)
+        if dialstatus == "ANSWER" and leg.answered_at is None:
+            leg.answered_at = at
+        return True
+
+    def on_answer(self, channel_id: str, at: datetime) -> None:
+        leg = self._trunk.get(channel_id)
+        if leg is not None and leg.answered_at is None:
+            leg.answered_at = at
+
+    def on_destroyed(
+        self, channel_id: str, cause: int, tech_cause: int | None, at: datetime
+    ) -> None:
+        leg = self._trunk.pop(channel_id, None)
+        if leg is not None:
+            self._allowed.pop(leg.call.channel_id, None)
+            answered = None
+            if leg.answered_at is not None:
+                answered = max(0, round((at - leg.answered_at).total_seconds()))
+            self._finish(leg.call, answered, cause, tech_cause, at)
+            return
+        call = self._allowed.get(channel_id)
+        if call is None or call.trunk_channel is not None:
+            # Not ours, or its trunk leg is still up and will tell the outcome.
+            return
+        del self._allowed[channel_id]
+        if cause == 0 and self._clock() - call.continued_at <= MISCONFIGURED_WITHIN:
+            log.error(
+                "channel %s died with cause 0 right after continue: the dialplan target of the"
+                " allowed label is missing (Asterisk accepts a continue into nowhere)",
+                channel_id,
+            )
+            if self._metrics is not None:
+                self._metrics.dialplan_misconfigured()
+        self._finish(call, None, cause, tech_cause, at)
+
+    def expire(self) -> int:
+        cutoff = self._clock() - self._max_age
+        stale = [cid for cid, call in self._allowed.items() if call.continued_at < cutoff]
+        for cid in stale:
+            call = self._allowed.pop(cid)
+            if call.trunk_channel:
+                self._trunk.pop(call.trunk_channel, None)
+        return len(stale)
+
+    def _finish(
+        self,
+        call: _Allowed,
+        answered: int | None,
+        cause: int | None,
+        sip_code: int | None,
+        at: datetime,
+    ) -> None:
+        outcome = classify(answered, cause, sip_code)
+        if self._metrics is not None:
+            self._metrics.call_outcome(outcome.value, call.campaign, call.caller_id)
+            label = rejection_label(cause, sip_code)
+            if label is not None:
+                self._metrics.carrier_rejection(label, call.campaign)
+        self._spawn(
+            self._sink.record(
+                CallOutcome(
+                    call.decision_id,
+                    outcome,
+                    answered,
+                    cause,
+                    sip_code,
+                    at,
+                    call.campaign,
+                    call.caller_id,
+                )
+            )
+        )
+
+
+class OutcomeStore(Protocol):
+    async def record_outcome(
+        self,
+        decision_id: int,
+        *,
+        outcome: str,
+        answered_seconds: int | None,
+        cause: int | None,
+        sip_code: int | None,
+        at: datetime,
+    ) -> object: ...
+
+
+class StoreOutcomeSink:
+    """Records outcomes in the database, retrying through a short outage."""
+
+    def __init__(self, store: OutcomeStore, *, attempts: int = 30, pause: float = 1.0) -> None:
+        self._store = store
+        self._attempts = attempts
+        self._pause = pause
+
+    async def record(self, outcome: CallOutcome) -> None:
+        for attempt in range(self._attempts):
+            try:
+                await self._store.record_outcome(
+                    outcome.decision_id,
+                    outcome=outcome.outcome.value,
+                    answered_seconds=outcome.answered_seconds,
+                    cause=outcome.cause,
+                    sip_code=outcome.sip_code,
+                    at=outcome.at,
+                )
+                return
+            except StoreUnavailable as exc:
+                if attempt + 1 == self._attempts:
+                    log.error("outcome of decision %s lost: %s", outcome.decision_id, exc)
+                    return
+                await asyncio.sleep(self._pause)
