@@ -39,7 +39,7 @@ HISTORY_BASE = 12122000000
 HISTORY_COUNT = 100_000
 # Registered caller IDs: +1 415 200 0000 + i, i < CALLER_COUNT, caller i in campaign c{i // 20}.
 CALLER_BASE = 14152000000
-CALLER_COUNT = 100_000
+CALLER_COUNT = 300_000
 CALLERS_PER_CAMPAIGN = 20
 CAMPAIGN_COUNT = CALLER_COUNT // CALLERS_PER_CAMPAIGN
 # Fresh destinations: area codes 201..210, exchanges 200..999, any line: 80 million numbers.

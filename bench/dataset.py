@@ -6,11 +6,12 @@
 What it holds (the ranges are in ``bench/common.py``):
 
 * 1,000,000 globally blacklisted numbers and 10,000 blacklisted prefixes;
-* 100,000 registered caller IDs, 20 to each of 5,000 campaigns. The default profile allows a
-  caller ID 5 calls a minute and 10 calls up at once (no outcomes are recorded during the
-  benchmark, so every allowed call stays "up" for 2 h), and a campaign 20 distinct caller IDs a
-  day. 100,000 caller IDs keep all three from binding over a whole benchmark run (a few allowed
-  calls per caller ID), while every decision still runs the caller-ID counts;
+* 300,000 registered caller IDs, 20 to each of 15,000 campaigns. The default profile allows a
+  caller ID 5 calls a minute, 60 an hour, 300 a day and 10 up at once, and a campaign 20
+  distinct caller IDs a day. At the pgbench ceiling (about 5,000 allowed decisions a second)
+  300,000 caller IDs see about one allowed call a minute each, so the caps almost never bind
+  while every decision still runs every caller-ID count (``bench/decisions.py`` ends the calls of
+  each measurement, so "up" calls do not pile up from one measurement to the next);
 * each campaign's 20 caller IDs already used in the last day (``campaign_callerids``), as in a
   running system, so the campaign-rotation rule takes its no-lock path;
 * 100,000 destinations with history: 1 to 3 allowed decisions each in the past 30 days from

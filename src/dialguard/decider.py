@@ -18,7 +18,7 @@ from dialguard.numbers import time_zones, try_normalise
 from dialguard.policy.checks import precheck
 from dialguard.policy.codes import Rule, Verdict
 from dialguard.policy.evidence import callable_at, explain
-from dialguard.policy.model import Decision, Facts
+from dialguard.policy.model import Decision, DecisionRequest, Facts
 from dialguard.policy.profile import Profile, ProfileError, build_profile
 from dialguard.store.campaigns import CampaignStore
 from dialguard.store.decisions import DecideParams, DecideResult, DecisionStore
@@ -39,17 +39,6 @@ class FailOpenSpool(Protocol):
     """Keeps decisions allowed while the database was away, to write them back later."""
 
     def append(self, decision: Decision, source: str, channel_id: str | None) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class DecisionRequest:
-    caller_id: str
-    destination: str
-    campaign: str | None = None
-    at: datetime | None = None
-    record: bool = True
-    source: str = "api"
-    channel_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

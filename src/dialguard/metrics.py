@@ -12,8 +12,9 @@ Every series a dashboard or alert reads exists at 0 from construction (for campa
 or from the first time a campaign or caller ID is seen, so ``rate()`` and ``increase()`` see the
 first event instead of starting from it, and panels show 0 rather than "no data".
 
-Every method is synchronous and cheap: a dict lookup and a lock-free (GIL-protected) increment on
-the hot path; the slow path (first sight of a campaign) takes a lock once per campaign.
+Every method is synchronous and cheap: on the hot path, a dict lookup of a child resolved in
+advance and its increment (no ``labels()`` call); only the first sight of a campaign or caller ID
+takes this class's lock and creates series.
 """
 
 from __future__ import annotations

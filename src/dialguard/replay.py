@@ -81,7 +81,7 @@ async def replay(
         )
         if decision.allowed and decision.decision_id is not None:
             # Every replayed call ends when it is logged: concurrency is not replayed.
-            answered = row.answered_seconds or 0
+            answered = row.answered_seconds or None
             await decisions.record_outcome(
                 decision.decision_id,
                 outcome=classify(answered, 16, None).value if answered else "replayed",

@@ -173,8 +173,8 @@ async def running_prometheus(
                         what=f"{min_scrapes} scrapes of {targets[0]}",
                     )
                 except PrometheusError as exc:
-                    log = prometheus.log_tail()
-                    raise PrometheusError(f"{exc}\n--- prometheus log ---\n{log}") from exc
+                    tail = prometheus.log_tail()
+                    raise PrometheusError(f"{exc}\n--- prometheus log ---\n{tail}") from exc
                 yield prometheus
         finally:
             await _stop(process)

@@ -268,11 +268,11 @@ def test_the_gate_calls_the_app_dialguard_listens_as(compose: dict[str, Any]) ->
     assert args is not None
     app_name, *stasis_args = args.group(1).split(",")
     assert app_name == app
-    # The gate reads args[0] as the destination and gate.campaign_from "arg:N" as args[N].
-    assert stasis_args[0] == "${EXTEN}"
+    # gate.campaign_from "arg:N" reads the Nth argument, counted from 1; the destination is
+    # the extension itself (gate.destination_from defaults to "exten").
     campaign_from = env(compose, "dialguard", "DIALGUARD_GATE_CAMPAIGN_FROM")
     assert campaign_from == "arg:1"
-    assert stasis_args[int(campaign_from.split(":")[1])] == "${CAMPAIGN}"
+    assert stasis_args[int(campaign_from.split(":")[1]) - 1] == "${CAMPAIGN}"
 
 
 def test_the_gate_fails_closed() -> None:
@@ -291,13 +291,14 @@ def test_the_gate_fails_closed() -> None:
     assert lines[timeout + 1] == "n,Hangup(21)"
 
 
-def test_the_gate_has_the_labels_dialguard_jumps_to() -> None:
+def test_the_gate_has_the_labels_dialguard_jumps_to(compose: dict[str, Any]) -> None:
     labels = {
         m.group(1)
         for line in dialplan_lines("dialguard-out")
         if (m := re.match(r"n\((\w+)\)", line))
     }
     assert {"allowed", "denied", "dg_down"} <= labels
+    assert env(compose, "dialguard", "DIALGUARD_GATE_ALLOW_LABEL") in labels
 
 
 def test_the_allowed_branch_dials_the_watched_trunk_and_keeps_its_cause(

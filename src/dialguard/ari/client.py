@@ -7,6 +7,7 @@ Asterisk would reject for its shape cannot be built through the typed methods.
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -36,6 +37,14 @@ HangupReason = Literal[
 ]
 
 Params = Mapping[str, str | int | bool | None]
+
+
+def basic_auth_header(username: str, password: str) -> str:
+    """The value of an HTTP Basic Authorization header (RFC 7617, UTF-8)."""
+    if ":" in username:
+        raise ValueError("an ARI username cannot contain ':'")
+    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
 
 
 def ari_base_url(base_url: str) -> URL:
@@ -69,7 +78,7 @@ class AriClient:
         timeout: float = 5.0,
     ) -> None:
         self._base = ari_base_url(base_url)
-        self._auth_header = aiohttp.BasicAuth(username, password).encode()
+        self._auth_header = basic_auth_header(username, password)
         self.app = app
         self._session = session
         self._owns_session = session is None

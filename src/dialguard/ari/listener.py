@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from dialguard.ari.client import ari_base_url
+from dialguard.ari.client import ari_base_url, basic_auth_header
 from dialguard.ari.errors import MalformedEvent
 from dialguard.ari.events import Event, parse_event
 
@@ -85,7 +85,7 @@ class EventListener:
         self._url = base.with_path(base.raw_path + "/events", encoded=True).with_query(
             {"app": app, "subscribeAll": "true" if subscribe_all else "false"}
         )
-        self._auth_header = aiohttp.BasicAuth(username, password).encode()
+        self._auth_header = basic_auth_header(username, password)
         self.app = app
         self._on_event = on_event
         self._on_connect = on_connect

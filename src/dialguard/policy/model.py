@@ -23,6 +23,19 @@ class Attempt:
 
 
 @dataclass(frozen=True, slots=True)
+class DecisionRequest:
+    """What a front door asks: decide this call (``record=False`` for a dry run)."""
+
+    caller_id: str
+    destination: str
+    campaign: str | None = None
+    at: datetime | None = None
+    record: bool = True
+    source: str = "api"
+    channel_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     verdict: Verdict
     rule: Rule | None

@@ -19,7 +19,8 @@ def is_carrier_rejection(cause: int | None, sip_code: int | None) -> bool:
 
 
 def classify(answered_seconds: int | None, cause: int | None, sip_code: int | None) -> Outcome:
-    if answered_seconds is not None and answered_seconds > 0:
+    """``answered_seconds`` is ``None`` for a call never answered (0 is a very short answer)."""
+    if answered_seconds is not None:
         return Outcome.ANSWERED
     if is_carrier_rejection(cause, sip_code):
         return Outcome.CARRIER_REJECTED

@@ -1,0 +1,470 @@
+"""Decisions per second through the real Decider, and pgbench of the same SQL (the ceiling).
+
+    .venv/bin/python bench/dataset.py      # once: builds the data set
+    .venv/bin/python bench/decisions.py    # about 5 minutes with the defaults
+
+For each ``synchronous_commit`` setting asked for, and each client count (1, 16, 64):
+
+* the decider: ``clients`` coroutines in one process (uvloop), each deciding one call after
+  another through :class:`dialguard.decider.Decider` on a pool of ``clients`` connections (the
+  production path: normalisation, pure checks, the ``dg_decide`` round trip as a prepared
+  statement, evidence, metrics), for ``--seconds`` after a warm-up;
+* pgbench: ``clients`` connections running ``SELECT * FROM dg_decide(...)`` with the same
+  parameters (read from the decider's own first call) and the same destination mix, ``-M
+  prepared``, for the same time.
+
+Destinations: 75 % fresh numbers, 20 % with history, 5 % blacklisted; caller IDs and campaigns at
+random among the registered ones. After each measurement the calls it allowed are ended (an
+outcome is recorded) so that "up" calls do not pile up from one measurement to the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import uvloop
+from common import (
+    BENCH_DB,
+    BLACKLIST_BASE,
+    BLACKLIST_COUNT,
+    CALLER_BASE,
+    CALLER_COUNT,
+    CALLERS_PER_CAMPAIGN,
+    CAMPAIGN_COUNT,
+    FRESH_AREAS,
+    FRESH_SPAN,
+    HISTORY_BASE,
+    HISTORY_COUNT,
+    MIX_BLACKLISTED,
+    MIX_HISTORY,
+    BenchProfiles,
+    LibpqTarget,
+    add_server_arguments,
+    admin_connection,
+    caller_number,
+    campaign_of,
+    cpu_busy,
+    die,
+    load_average,
+    machine,
+    pg_bin,
+    pick,
+    server,
+    with_database,
+)
+from prometheus_client import CollectorRegistry
+
+from dialguard.decider import Decider, DecisionRequest, NumberPolicy
+from dialguard.metrics import Metrics
+from dialguard.store.campaigns import CampaignStore
+from dialguard.store.connection import create_pool
+from dialguard.store.decisions import DecideParams, DecideResult, DecisionStore
+
+
+@dataclass
+class Measurement:
+    driver: str  # "decider" or "pgbench"
+    synchronous_commit: str
+    clients: int
+    seconds: float
+    decisions: int
+    per_second: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    mix: dict[str, int]
+    load_before: str
+    load_after: str
+    machine_cpu_pct: float
+    client_cpu_us: float | None = None  # CPU of this process per decision (decider only)
+    errors: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+class CapturingStore(DecisionStore):
+    """A real DecisionStore that keeps the first parameters it sends (for the pgbench script)."""
+
+    first: DecideParams | None = None
+
+    async def decide(self, params: DecideParams) -> DecideResult:
+        if self.first is None:
+            self.first = params
+        return await super().decide(params)
+
+
+# -- the decider -----------------------------------------------------------------------------
+
+
+async def warm_profiles(decider: Decider, clients: int) -> None:
+    """Load every campaign's profile once, as a long-running process has them cached."""
+    names = [f"c{i}" for i in range(CAMPAIGN_COUNT)]
+    for start in range(0, len(names), clients * 8):
+        batch = names[start : start + clients * 8]
+        await asyncio.gather(*(decider.profile_for(n) for n in batch))
+
+
+async def drive(
+    decider: Decider, clients: int, seconds: float, rng: random.Random
+) -> tuple[list[int], Counter[str], float]:
+    """Run ``clients`` callers for ``seconds``; (latencies in ns, rule mix, elapsed seconds)."""
+    latencies: list[int] = []
+    mix: Counter[str] = Counter()
+    started = time.perf_counter()
+    stop = started + seconds
+
+    async def caller() -> None:
+        while time.perf_counter() < stop:
+            p = pick(rng)
+            request = DecisionRequest(
+                caller_id=caller_number(p.caller_index),
+                destination=p.destination,
+                campaign=campaign_of(p.caller_index),
+                source="bench",
+            )
+            t0 = time.perf_counter_ns()
+            decision = await decider.decide(request)
+            latencies.append(time.perf_counter_ns() - t0)
+            mix[decision.rule.value if decision.rule else "allow"] += 1
+
+    await asyncio.gather(*(caller() for _ in range(clients)))
+    return latencies, mix, time.perf_counter() - started
+
+
+async def run_decider(
+    dsn: str, clients: int, seconds: float, warmup: float, sync: str, rng: random.Random
+) -> tuple[Measurement, DecideParams | None]:
+    pool = await create_pool(dsn, min_size=clients, max_size=clients)
+    try:
+        store = CapturingStore(pool)
+        decider = Decider(
+            decisions=store,
+            campaigns=CampaignStore(pool),
+            profiles=BenchProfiles(),
+            numbers=NumberPolicy("US", "America/New_York"),
+            metrics=Metrics(CollectorRegistry(), build_version="bench"),
+            deadline=5.0,
+        )
+        await warm_profiles(decider, clients)
+        await drive(decider, clients, warmup, rng)
+        first = await end_calls(pool, None)
+        load_before = load_average()
+        busy0, total0 = cpu_busy()
+        cpu0 = time.process_time()
+        latencies, mix, elapsed = await drive(decider, clients, seconds, rng)
+        cpu = time.process_time() - cpu0
+        busy1, total1 = cpu_busy()
+        load_after = load_average()
+        await end_calls(pool, first)
+    finally:
+        await pool.close()
+    ms = sorted(x / 1e6 for x in latencies)
+    return (
+        Measurement(
+            driver="decider",
+            synchronous_commit=sync,
+            clients=clients,
+            seconds=round(elapsed, 2),
+            decisions=len(ms),
+            per_second=round(len(ms) / elapsed, 1),
+            p50_ms=round(percentile(ms, 0.50), 3),
+            p99_ms=round(percentile(ms, 0.99), 3),
+            max_ms=round(ms[-1], 3) if ms else float("nan"),
+            mix=dict(mix.most_common()),
+            load_before=load_before,
+            load_after=load_after,
+            machine_cpu_pct=round(100 * (busy1 - busy0) / max(total1 - total0, 1), 1),
+            client_cpu_us=round(1e6 * cpu / max(len(ms), 1), 1),
+            errors=mix.get("store_unavailable", 0),
+        ),
+        store.first,
+    )
+
+
+async def end_calls(pool: asyncpg.Pool, after_id: int | None) -> int:
+    """End the calls allowed since ``after_id`` (all bench calls when None); the last id."""
+    async with pool.acquire() as conn:
+        last: int = await conn.fetchval("SELECT coalesce(max(id), 0) FROM decisions")
+        await conn.execute(
+            "UPDATE decisions SET outcome = 'no_answer', outcome_at = now(), cause = 19"
+            " WHERE id > $1 AND allowed AND outcome_at IS NULL",
+            after_id if after_id is not None else 0,
+        )
+    return last
+
+
+# -- pgbench ---------------------------------------------------------------------------------
+
+
+def sql_literal(value: Any, sql_type: str) -> str:
+    if value is None:
+        return f"NULL::{sql_type}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "'{" + ",".join(str(int(v)) for v in value) + "}'::" + sql_type
+    if isinstance(value, dict):
+        return "'" + json.dumps(value).replace("'", "''") + "'::jsonb"
+    return "'" + str(value).replace("'", "''") + "'::" + sql_type
+
+
+# The SQL types of dg_decide's parameters, in order (see 002_decide_function.sql).
+PARAM_TYPES = [
+    "timestamptz", "text", "text", "text", "integer", "boolean", "text", "text", "text",
+    "jsonb", "jsonb", "boolean", "integer", "integer", "integer", "integer[]", "integer[]",
+    "integer", "integer", "integer", "integer[]", "integer[]", "integer", "integer",
+]  # fmt: skip
+
+
+def pgbench_script(params: DecideParams, campaign_version: int) -> str:
+    """The decision SQL with the decider's own constant parameters and the same random mix."""
+    args = [sql_literal(v, t) for v, t in zip(params.args(), PARAM_TYPES, strict=True)]
+    args[0] = "now()"
+    args[1] = "'+' || :cid"
+    args[2] = "'+' || :dest"
+    args[3] = "'c' || :camp"
+    args[4] = str(campaign_version)
+    args[6] = "'pgbench'"
+    fresh_first = 12010000000 + 2_000_000
+    return "\n".join(
+        [
+            f"\\set c random(0, {CALLER_COUNT - 1})",
+            f"\\set cid {CALLER_BASE} + :c",
+            f"\\set camp :c / {CALLERS_PER_CAMPAIGN}",
+            "\\set r random(1, 100)",
+            f"\\if :r <= {MIX_BLACKLISTED}",
+            f"\\set dest {BLACKLIST_BASE} + random(0, {BLACKLIST_COUNT - 1})",
+            f"\\elif :r <= {MIX_BLACKLISTED + MIX_HISTORY}",
+            f"\\set dest {HISTORY_BASE} + random(0, {HISTORY_COUNT - 1})",
+            "\\else",
+            f"\\set f random(0, {FRESH_AREAS * FRESH_SPAN - 1})",
+            f"\\set dest {fresh_first} + (:f / {FRESH_SPAN}) * 10000000 + :f % {FRESH_SPAN}",
+            "\\endif",
+            "SELECT * FROM dg_decide(" + ", ".join(args) + ");",
+            "",
+        ]
+    )
+
+
+def read_pgbench_logs(folder: Path) -> list[float]:
+    """Per-transaction latencies (ms) from pgbench -l logs: the third field is microseconds."""
+    out: list[float] = []
+    for path in folder.iterdir():
+        with path.open() as handle:
+            for line in handle:
+                parts = line.split()
+                if len(parts) >= 3:
+                    out.append(int(parts[2]) / 1000)
+    return out
+
+
+async def run_pgbench(
+    admin_url: str, dsn: str, script: str, clients: int, seconds: float, sync: str
+) -> Measurement:
+    target = LibpqTarget.from_url(admin_url)
+    async with admin_connection(dsn) as conn:
+        first: int = await conn.fetchval("SELECT coalesce(max(id), 0) FROM decisions")
+    with tempfile.TemporaryDirectory(prefix="dialguard-pgbench-") as tmp:
+        script_path = Path(tmp) / "decide.sql"
+        script_path.write_text(script)
+        logs = Path(tmp) / "logs"
+        logs.mkdir()
+        cmd = [
+            pg_bin("pgbench"),
+            *target.args(),
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            str(clients),
+            "-j",
+            str(min(clients, os.cpu_count() or 2)),
+            "-T",
+            str(round(seconds)),
+            "-f",
+            str(script_path),
+            "-l",
+            "--log-prefix",
+            str(logs / "pgbench"),
+            BENCH_DB,
+        ]
+        load_before = load_average()
+        busy0, total0 = cpu_busy()
+        proc = await asyncio.to_thread(
+            subprocess.run, cmd, text=True, capture_output=True, check=False
+        )
+        busy1, total1 = cpu_busy()
+        load_after = load_average()
+        if proc.returncode != 0:
+            die(f"pgbench failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        ms = sorted(read_pgbench_logs(logs))
+    found = re.search(r"tps = ([\d.]+) \(without initial connection time\)", proc.stdout)
+    tps = float(found.group(1)) if found else len(ms) / seconds
+    failed = re.search(r"number of failed transactions: (\d+)", proc.stdout)
+    async with admin_connection(dsn) as conn:
+        rows = await conn.fetch(
+            "SELECT coalesce(rule, 'allow') AS rule, count(*) AS n FROM decisions"
+            " WHERE id > $1 GROUP BY 1 ORDER BY 2 DESC",
+            first,
+        )
+        await conn.execute(
+            "UPDATE decisions SET outcome = 'no_answer', outcome_at = now(), cause = 19"
+            " WHERE id > $1 AND allowed AND outcome_at IS NULL",
+            first,
+        )
+    return Measurement(
+        driver="pgbench",
+        synchronous_commit=sync,
+        clients=clients,
+        seconds=seconds,
+        decisions=len(ms),
+        per_second=round(tps, 1),
+        p50_ms=round(percentile(ms, 0.50), 3),
+        p99_ms=round(percentile(ms, 0.99), 3),
+        max_ms=round(ms[-1], 3) if ms else float("nan"),
+        mix={r["rule"]: r["n"] for r in rows},
+        load_before=load_before,
+        load_after=load_after,
+        machine_cpu_pct=round(100 * (busy1 - busy0) / max(total1 - total0, 1), 1),
+        errors=int(failed.group(1)) if failed else 0,
+    )
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+async def server_settings(dsn: str) -> dict[str, str]:
+    names = ["server_version", "shared_buffers", "max_connections", "fsync", "wal_sync_method"]
+    async with admin_connection(dsn) as conn:
+        rows = await conn.fetch(
+            "SELECT name, current_setting(name) AS value FROM pg_settings"
+            " WHERE name = any($1::text[])",
+            names,
+        )
+    return {r["name"]: r["value"] for r in rows}
+
+
+async def bench(args: argparse.Namespace, admin_url: str) -> list[Measurement]:
+    dsn = with_database(admin_url, BENCH_DB)
+    try:
+        async with admin_connection(dsn) as conn:
+            version = await conn.fetchval("SELECT version FROM campaigns WHERE name = 'c0'")
+    except asyncpg.InvalidCatalogNameError:
+        die(f"no database {BENCH_DB}: run bench/dataset.py first")
+    settings = await server_settings(dsn)
+    print(f"# machine: {machine()}", file=sys.stderr)
+    print(f"# server: {json.dumps(settings)}", file=sys.stderr)
+    rng = random.Random(args.seed)
+    results: list[Measurement] = []
+    for sync in args.synchronous_commit:
+        async with admin_connection(admin_url) as admin:
+            # A database default, so the decider's pool and pgbench's connections both get it.
+            await admin.execute(f"ALTER DATABASE {BENCH_DB} SET synchronous_commit = {sync}")
+        try:
+            for clients in args.clients:
+                decider, params = await run_decider(
+                    dsn, clients, args.seconds, args.warmup, sync, rng
+                )
+                report(decider)
+                results.append(decider)
+                if args.no_pgbench or params is None:
+                    continue
+                script = pgbench_script(params, int(version))
+                ceiling = await run_pgbench(admin_url, dsn, script, clients, args.seconds, sync)
+                report(ceiling)
+                results.append(ceiling)
+        finally:
+            async with admin_connection(admin_url) as admin:
+                await admin.execute(f"ALTER DATABASE {BENCH_DB} RESET synchronous_commit")
+    return results
+
+
+def report(m: Measurement) -> None:
+    mix = ", ".join(f"{k} {100 * v / max(m.decisions, 1):.1f}%" for k, v in m.mix.items())
+    print(
+        f"{m.driver:8} sync={m.synchronous_commit:3} clients={m.clients:2}: "
+        f"{m.per_second:8.0f}/s p50 {m.p50_ms:.2f} ms p99 {m.p99_ms:.2f} ms "
+        f"max {m.max_ms:.1f} ms cpu {m.machine_cpu_pct}% load {m.load_before} -> {m.load_after}"
+        + (f" py {m.client_cpu_us} us/decision" if m.client_cpu_us else "")
+        + f"\n         mix: {mix}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def table(results: list[Measurement]) -> str:
+    lines = [
+        "| sync commit | clients | decider /s | p50 ms | p99 ms | max ms | pgbench /s "
+        "| pgbench p99 ms | decider / pgbench |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    by_key = {(m.driver, m.synchronous_commit, m.clients): m for m in results}
+    for (driver, sync, clients), m in by_key.items():
+        if driver != "decider":
+            continue
+        ceiling = by_key.get(("pgbench", sync, clients))
+        ratio = f"{100 * m.per_second / ceiling.per_second:.0f} %" if ceiling else "-"
+        lines.append(
+            f"| {sync} | {clients} | {m.per_second:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} "
+            f"| {m.max_ms:.1f} | {ceiling.per_second if ceiling else 0:,.0f} "
+            f"| {ceiling.p99_ms if ceiling else 0:.2f} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    add_server_arguments(parser)
+    parser.add_argument("--seconds", type=float, default=20.0, help="each measurement")
+    parser.add_argument("--warmup", type=float, default=2.0, help="decider warm-up")
+    parser.add_argument(
+        "--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64]
+    )
+    parser.add_argument(
+        "--synchronous-commit",
+        type=lambda s: s.split(","),
+        default=["on", "off"],
+        help="comma-separated settings to measure (on = the embedded server's default)",
+    )
+    parser.add_argument("--no-pgbench", action="store_true")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write every measurement here")
+    args = parser.parse_args()
+    for sync in args.synchronous_commit:
+        if sync not in ("on", "off", "local", "remote_write", "remote_apply"):
+            die(f"not a synchronous_commit value: {sync}")
+    with server(args) as url:
+        results = uvloop.run(bench(args, url))
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(m) for m in results], indent=2) + "\n")
+    if results:
+        med = statistics.median(m.machine_cpu_pct for m in results)
+        print(f"\nmedian machine CPU during measurements: {med} %", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
