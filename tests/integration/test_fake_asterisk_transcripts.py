@@ -131,8 +131,11 @@ class Lab:
             f"{self.fake.base_url}/events?app={app}&subscribeAll=true", headers=AUTH
         )
 
-    async def rest(
-        self, method: str, path: str, *, auth: bool = True, **query: str
+    async def rest(self, method: str, path: str, **query: str) -> tuple[int, Any]:
+        return await self.request(method, path, query)
+
+    async def request(
+        self, method: str, path: str, query: dict[str, str], *, auth: bool = True
     ) -> tuple[int, Any]:
         async with self.session.request(
             method, self.fake.base_url + path, params=query, headers=AUTH if auth else None
@@ -140,7 +143,7 @@ class Lab:
             text = await resp.text()
             return resp.status, json.loads(text) if text else None
 
-    async def originate(self, number: str = "15550100", timeout: str = "30") -> dict[str, Any]:
+    async def originate(self, number: str = "15550100") -> dict[str, Any]:
         status, body = await self.rest(
             "POST",
             "/channels",
@@ -149,7 +152,7 @@ class Lab:
             context="dialer-entry",
             priority="1",
             callerId='"Dialer" <4930123456>',
-            timeout=timeout,
+            timeout="30",
         )
         assert status == 200, body
         return dict(body)
@@ -161,6 +164,10 @@ class Lab:
     def events(self, app: str = "dialguard") -> list[SentEvent]:
         return self.fake.events(app=app)
 
+    async def close(self) -> None:
+        for ws in self.sockets.values():
+            await ws.close()
+
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeAsterisk]:
@@ -171,7 +178,9 @@ async def fake() -> AsyncIterator[FakeAsterisk]:
 @pytest.fixture
 async def lab(fake: FakeAsterisk) -> AsyncIterator[Lab]:
     async with aiohttp.ClientSession() as session:
-        yield Lab(fake, session)
+        recorder = Lab(fake, session)
+        yield recorder
+        await recorder.close()
 
 
 async def _ended(fake: FakeAsterisk) -> None:
@@ -191,7 +200,7 @@ async def test_deny_ends_both_halves_with_21_before_the_204(
     stasis_id = start["channel"]["id"]
     assert stasis_id != originated["id"]  # the reply describes ;1, StasisStart is for ;2
     assert originated["name"].endswith(";1") and originated["dialplan"]["app_name"] == "AppDial2"
-    assert await lab.rest("DELETE", f"/channels/{stasis_id}", **query) == (204, None)
+    assert await lab.request("DELETE", f"/channels/{stasis_id}", query) == (204, None)
     assert key_events(lab.events()) == DENY
     delete = next(r for r in fake.requests if r.method == "DELETE")
     destroyed = fake.events("ChannelDestroyed")
@@ -306,7 +315,9 @@ async def test_allowed_call_that_the_carrier_refuses(
     assert trunk[-2] == ("Dial", "trunk", dialstatus)
     assert trunk[-1][:3] == ("ChannelDestroyed", "trunk", trunk_cause)
     assert trunk[-1][4] == tech_cause
-    status = next(e for e in lab.events() if e.event.get("variable") == "DIALSTATUS" and e.event["value"])
+    status = next(
+        e for e in lab.events() if e.event.get("variable") == "DIALSTATUS" and e.event["value"]
+    )
     assert status.event["value"] in ("BUSY", "CONGESTION", "CHANUNAVAIL", "NOANSWER")
 
 
@@ -322,6 +333,7 @@ async def test_keep_dial_cause_makes_the_outbound_halves_end_with_the_carrier_ca
         await lab.rest("POST", f"/channels/{start['channel']['id']}/continue", label="allowed")
         await _ended(fake)
         causes = fake.calls[0].causes()
+        await lab.close()
     assert sorted(causes.values()) == [17, 17, 17]
 
 
@@ -362,7 +374,7 @@ async def test_socket_lost_mid_call_leaves_the_channel_parked_until_the_timeout(
     call = await fake.originate_outbound("15550100", originate_timeout=0.3)
     start = await lab.stasis_start()
     await fake.drop_websocket("dialguard", abort=abort)
-    status, channels = await lab.rest("GET", "/channels")
+    _, channels = await lab.rest("GET", "/channels")
     parked = [c for c in channels if c["id"] == start["channel"]["id"]]
     assert parked and parked[0]["dialplan"]["app_name"] == "Stasis"
     assert await lab.rest("GET", "/applications/dialguard") == (
@@ -454,7 +466,7 @@ async def test_invalid_requests_answer_as_asterisk_does(fake: FakeAsterisk, lab:
         "POST", "/channels", endpoint="Bogus/123", extension="1", context="dialer-entry"
     ) == (500, {"error": "Allocation failed"})
     auth_required = (401, {"message": "Authentication required"})
-    assert await lab.rest("GET", "/asterisk/info", auth=False) == auth_required
+    assert await lab.request("GET", "/asterisk/info", {}, auth=False) == auth_required
     async with lab.session.get(
         f"{fake.base_url}/asterisk/info", headers={"Authorization": "Basic d3Jvbmc6d3Jvbmc="}
     ) as resp:
@@ -540,3 +552,4 @@ async def test_fast_mode_offers_calls_with_only_the_key_events() -> None:
         await fake.wait_for(lambda: len(fake.events("StasisStart")) == 20)
         assert len(calls) == 20
         assert {e.type for e in fake.events_sent} <= KEY_TYPES
+        await lab.close()
