@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import uvloop
+
 from common import (
     BENCH_DB,
     BLACKLIST_BASE,
@@ -49,7 +50,6 @@ from common import (
     server,
     with_database,
 )
-
 from dialguard.store.connection import create_pool
 from dialguard.store.migrate import migrate
 

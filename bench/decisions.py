@@ -38,6 +38,8 @@ from typing import Any
 
 import asyncpg
 import uvloop
+from prometheus_client import CollectorRegistry
+
 from common import (
     BENCH_DB,
     BLACKLIST_BASE,
@@ -67,12 +69,10 @@ from common import (
     server,
     with_database,
 )
-from prometheus_client import CollectorRegistry
-
 from dialguard.decider import Decider, DecisionRequest, NumberPolicy
 from dialguard.metrics import Metrics
 from dialguard.store.campaigns import CampaignStore
-from dialguard.store.connection import create_pool
+from dialguard.store.connection import _init_connection, create_pool
 from dialguard.store.decisions import DecideParams, DecideResult, DecisionStore
 
 
@@ -80,6 +80,7 @@ from dialguard.store.decisions import DecideParams, DecideResult, DecisionStore
 class Measurement:
     driver: str  # "decider" or "pgbench"
     synchronous_commit: str
+    pool_reset: str  # "default" (asyncpg's reset query on release), "none", or "-" for pgbench
     clients: int
     seconds: float
     decisions: int
@@ -152,10 +153,38 @@ async def drive(
     return latencies, mix, time.perf_counter() - started
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A pool ``reset`` that sends nothing: dg_decide leaves no session state behind."""
+
+
+async def open_pool(dsn: str, clients: int, reset: str) -> asyncpg.Pool:
+    if reset == "default":
+        return await create_pool(dsn, min_size=clients, max_size=clients)
+    # dialguard's create_pool with one change: no reset query on every release (the proposed
+    # fix, measured here without touching src/).
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=clients,
+        max_size=clients,
+        init=_init_connection,
+        command_timeout=30,
+        server_settings={"application_name": "dialguard"},
+        reset=_keep_session,
+    )
+    assert pool is not None
+    return pool
+
+
 async def run_decider(
-    dsn: str, clients: int, seconds: float, warmup: float, sync: str, rng: random.Random
+    dsn: str,
+    clients: int,
+    seconds: float,
+    warmup: float,
+    sync: str,
+    reset: str,
+    rng: random.Random,
 ) -> tuple[Measurement, DecideParams | None]:
-    pool = await create_pool(dsn, min_size=clients, max_size=clients)
+    pool = await open_pool(dsn, clients, reset)
     try:
         store = CapturingStore(pool)
         decider = Decider(
@@ -184,6 +213,7 @@ async def run_decider(
         Measurement(
             driver="decider",
             synchronous_commit=sync,
+            pool_reset=reset,
             clients=clients,
             seconds=round(elapsed, 2),
             decisions=len(ms),
@@ -338,6 +368,7 @@ async def run_pgbench(
     return Measurement(
         driver="pgbench",
         synchronous_commit=sync,
+        pool_reset="-",
         clients=clients,
         seconds=seconds,
         decisions=len(ms),
@@ -385,11 +416,13 @@ async def bench(args: argparse.Namespace, admin_url: str) -> list[Measurement]:
             await admin.execute(f"ALTER DATABASE {BENCH_DB} SET synchronous_commit = {sync}")
         try:
             for clients in args.clients:
-                decider, params = await run_decider(
-                    dsn, clients, args.seconds, args.warmup, sync, rng
-                )
-                report(decider)
-                results.append(decider)
+                params: DecideParams | None = None
+                for reset in args.pool_reset:
+                    decider, params = await run_decider(
+                        dsn, clients, args.seconds, args.warmup, sync, reset, rng
+                    )
+                    report(decider)
+                    results.append(decider)
                 if args.no_pgbench or params is None:
                     continue
                 script = pgbench_script(params, int(version))
@@ -405,7 +438,8 @@ async def bench(args: argparse.Namespace, admin_url: str) -> list[Measurement]:
 def report(m: Measurement) -> None:
     mix = ", ".join(f"{k} {100 * v / max(m.decisions, 1):.1f}%" for k, v in m.mix.items())
     print(
-        f"{m.driver:8} sync={m.synchronous_commit:3} clients={m.clients:2}: "
+        f"{m.driver:8} sync={m.synchronous_commit:3} reset={m.pool_reset:7} "
+        f"clients={m.clients:2}: "
         f"{m.per_second:8.0f}/s p50 {m.p50_ms:.2f} ms p99 {m.p99_ms:.2f} ms "
         f"max {m.max_ms:.1f} ms cpu {m.machine_cpu_pct}% load {m.load_before} -> {m.load_after}"
         + (f" py {m.client_cpu_us} us/decision" if m.client_cpu_us else "")
@@ -417,18 +451,19 @@ def report(m: Measurement) -> None:
 
 def table(results: list[Measurement]) -> str:
     lines = [
-        "| sync commit | clients | decider /s | p50 ms | p99 ms | max ms | pgbench /s "
-        "| pgbench p99 ms | decider / pgbench |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| sync commit | pool reset | clients | decider /s | p50 ms | p99 ms | max ms "
+        "| pgbench /s | pgbench p99 ms | decider / pgbench |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    by_key = {(m.driver, m.synchronous_commit, m.clients): m for m in results}
-    for (driver, sync, clients), m in by_key.items():
-        if driver != "decider":
+    ceilings = {(m.synchronous_commit, m.clients): m for m in results if m.driver == "pgbench"}
+    for m in results:
+        if m.driver != "decider":
             continue
-        ceiling = by_key.get(("pgbench", sync, clients))
+        ceiling = ceilings.get((m.synchronous_commit, m.clients))
         ratio = f"{100 * m.per_second / ceiling.per_second:.0f} %" if ceiling else "-"
         lines.append(
-            f"| {sync} | {clients} | {m.per_second:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} "
+            f"| {m.synchronous_commit} | {m.pool_reset} | {m.clients} | {m.per_second:,.0f} "
+            f"| {m.p50_ms:.2f} | {m.p99_ms:.2f} "
             f"| {m.max_ms:.1f} | {ceiling.per_second if ceiling else 0:,.0f} "
             f"| {ceiling.p99_ms if ceiling else 0:.2f} | {ratio} |"
         )
@@ -448,6 +483,13 @@ def main() -> None:
         type=lambda s: s.split(","),
         default=["on", "off"],
         help="comma-separated settings to measure (on = the embedded server's default)",
+    )
+    parser.add_argument(
+        "--pool-reset",
+        type=lambda s: s.split(","),
+        default=["default", "none"],
+        help="decider pool variants: default = dialguard's pool as shipped (asyncpg sends a "
+        "reset query on every release), none = the same pool with no reset query",
     )
     parser.add_argument("--no-pgbench", action="store_true")
     parser.add_argument("--seed", type=int, default=1)

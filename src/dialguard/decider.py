@@ -112,6 +112,31 @@ class Decider:
             )
         return decision
 
+    async def recall(self, channel_id: str) -> Decision | None:
+        """The decision already recorded for a channel, if any.
+
+        A channel found parked after a restart may have been decided just before the crash,
+        with the command lost: applying that decision again, rather than deciding anew, keeps
+        the attempt from being counted twice (and denied by its own interval).
+        """
+        row = await self._decisions.latest_for_channel(channel_id)
+        if row is None:
+            return None
+        rule = Rule(row["rule"]) if row["rule"] else None
+        facts: Facts = dict(row["facts"] or {})
+        return Decision(
+            verdict=Verdict.ALLOW if row["allowed"] else Verdict.DENY,
+            rule=rule,
+            evidence=explain(rule, facts),
+            decision_id=int(row["id"]),
+            caller_id=row["caller_id"],
+            destination=row["destination"],
+            campaign=row["campaign"],
+            at=row["at"],
+            facts=facts,
+            callable_at=callable_at(rule, facts),
+        )
+
     async def profile_for(self, campaign: str) -> tuple[int, Profile]:
         cached = self._cache.get(campaign)
         if cached is not None:

@@ -44,6 +44,7 @@ class AriCommands(Protocol):
 
 class Decide(Protocol):
     async def decide(self, request: DecisionRequest) -> Decision: ...
+    async def recall(self, channel_id: str) -> Decision | None: ...
 
 
 class GateMetrics(Protocol):
@@ -173,14 +174,25 @@ class Gate:
     async def _reconcile(self, raw: dict[str, Any]) -> None:
         channel = Channel.from_json(raw)
         args = tuple(a for a in channel.app_data.split(",")[1:])
-        await self._decide_channel(channel, args)
+        await self._decide_channel(channel, args, reconciling=True)
 
-    async def _decide_channel(self, channel: Channel, args: tuple[str, ...]) -> None:
+    async def _decide_channel(
+        self, channel: Channel, args: tuple[str, ...], *, reconciling: bool = False
+    ) -> None:
         if channel.id in self._deciding:
             return  # reconciliation and a late StasisStart for the same channel
         self._deciding.add(channel.id)
         try:
-            await self._decide_and_command(channel, args)
+            recalled = await self._decider.recall(channel.id) if reconciling else None
+            if recalled is not None:
+                log.warning(
+                    "channel %s was decided before the restart (%s); applying that decision",
+                    channel.id,
+                    recalled.verdict.value,
+                )
+                await self._apply(channel, recalled)
+            else:
+                await self._decide_and_command(channel, args)
         except (ChannelGone, NotInStasis):
             log.info("channel %s left before the decision was applied", channel.id)
         except AriError as exc:
@@ -210,6 +222,9 @@ class Gate:
             decision.rule.value if decision.rule else "",
             decision.evidence,
         )
+        await self._apply(channel, decision)
+
+    async def _apply(self, channel: Channel, decision: Decision) -> None:
         if decision.allowed:
             await self._allow(channel, decision)
         else:

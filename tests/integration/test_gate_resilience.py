@@ -188,3 +188,32 @@ async def test_database_outage_fails_open_and_spooled_calls_are_written_back(
         assert spooled > 0
     finally:
         await pool.close()
+
+
+async def test_parked_channel_decided_before_a_crash_gets_that_decision_not_a_new_one(
+    pool: asyncpg.Pool, fake: FakeAsterisk, tmp_path: Path
+) -> None:
+    await CallerIdStore(pool).add("+12125550100", None)
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(
+            f"{fake.base_url}/events?app=dialguard&subscribeAll=true",
+            headers={"Authorization": aiohttp.encode_basic_auth("dialguard", "dialguard")},
+        )
+        call = await fake.originate_outbound("2122641234", CALLER)
+        await fake.wait_for_event("StasisStart", channel_id=_stasis_id(call))
+        await fake.drop_websocket("dialguard", abort=True)
+        await ws.close()
+    # The crashed instance had recorded its allow for this channel before dying.
+    from dialguard.decider import DecisionRequest
+    from tests.support import make_decider
+
+    decided = await make_decider(pool, None).decide(
+        DecisionRequest(
+            caller_id="+12125550100", destination="+12122641234", channel_id=_stasis_id(call)
+        )
+    )
+    assert decided.allowed
+    async with running_service(pool, fake, tmp_path):
+        assert verdict_of(fake, _stasis_id(call)) == "allow"
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM decisions") == 1

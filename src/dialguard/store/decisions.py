@@ -122,6 +122,11 @@ class DecisionStore:
             row = await conn.fetchrow(q("get_decision"), decision_id)
         return dict(row.items()) if row else None
 
+    async def latest_for_channel(self, channel_id: str) -> dict[str, Any] | None:
+        async with connection(self._pool) as conn:
+            row = await conn.fetchrow(q("latest_decision_for_channel"), channel_id)
+        return dict(row.items()) if row else None
+
     async def find_by_channel(self, channel_id: str) -> int | None:
         async with connection(self._pool) as conn:
             value: int | None = await conn.fetchval(q("decision_by_channel"), channel_id)

@@ -139,3 +139,6 @@ INSERT INTO campaign_callerids AS cc (campaign, caller_id, last_used_at)
 SELECT campaign, caller_id, max(at) FROM spooled GROUP BY campaign, caller_id
 ON CONFLICT (campaign, caller_id) DO UPDATE
    SET last_used_at = greatest(cc.last_used_at, excluded.last_used_at)
+
+-- name: latest_decision_for_channel
+SELECT * FROM decisions WHERE channel_id = $1 ORDER BY id DESC LIMIT 1
