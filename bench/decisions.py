@@ -492,7 +492,13 @@ def main() -> None:
         "reset query on every release), none = the same pool with no reset query",
     )
     parser.add_argument("--no-pgbench", action="store_true")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="random seed; the default is a fresh one, so that a run does not redraw the "
+        "destinations an earlier run just decided (they would be denied for their interval)",
+    )
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     args = parser.parse_args()
     for sync in args.synchronous_commit:

@@ -24,10 +24,9 @@ from dialguard import __version__
 from dialguard.app import Stores, build_decider, open_stores
 from dialguard.blacklist_csv import parse_time, read_rows
 from dialguard.config import ConfigError, Settings, find_config_file, load_settings
-from dialguard.decider import DecisionRequest
 from dialguard.numbers import InvalidNumber, is_e164_prefix, normalise
 from dialguard.policy.codes import CallerIdState
-from dialguard.policy.model import Decision
+from dialguard.policy.model import Decision, DecisionRequest
 from dialguard.policy.outcome import classify
 from dialguard.policy.profile import ProfileError, build_profile, parse_override_assignment
 from dialguard.policy.values import ValueSyntaxError
@@ -69,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="INFO")
     s = cmd("demo", "embedded PostgreSQL + fake Asterisk + a simulated dialer")
     s.add_argument("--duration", type=float, default=None, help="seconds to run (default: forever)")
-    s.add_argument("--rate", type=float, default=20.0, help="calls per second")
+    s.add_argument("--rate", type=float, default=10.0, help="calls per second")
     cmd("migrate", "apply database migrations")
     for name, what in (
         ("check", "decide without recording (dry run)"),

@@ -23,9 +23,8 @@ from dialguard.ari.events import (
     Event,
     StasisStart,
 )
-from dialguard.decider import DecisionRequest
 from dialguard.outcomes import OutcomeTracker
-from dialguard.policy.model import Decision
+from dialguard.policy.model import Decision, DecisionRequest
 from dialguard.tasks import TaskSet
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from dialguard.blacklist_csv import parse_time
-from dialguard.decider import Decider, DecisionRequest
-from dialguard.policy.model import Decision
+from dialguard.decider import Decider
+from dialguard.policy.model import Decision, DecisionRequest
 from dialguard.policy.outcome import classify
 from dialguard.store.decisions import DecisionStore
 

@@ -12,7 +12,6 @@ import aiohttp
 import asyncpg
 import pytest
 
-from dialguard.app import Stores
 from dialguard.store.callerids import CallerIdStore
 from dialguard.store.connection import create_pool
 from dialguard.store.embedded import EmbeddedPostgres
@@ -204,7 +203,7 @@ async def test_parked_channel_decided_before_a_crash_gets_that_decision_not_a_ne
         await fake.drop_websocket("dialguard", abort=True)
         await ws.close()
     # The crashed instance had recorded its allow for this channel before dying.
-    from dialguard.decider import DecisionRequest
+    from dialguard.policy.model import DecisionRequest
     from tests.support import make_decider
 
     decided = await make_decider(pool, None).decide(

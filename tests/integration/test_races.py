@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from dialguard.decider import Decider, DecisionRequest
+from dialguard.decider import Decider
 from dialguard.policy.codes import Rule
+from dialguard.policy.model import DecisionRequest
 from dialguard.store.callerids import CallerIdStore
 from dialguard.store.connection import create_pool
 from tests.support import NOON_NY, BuiltinProfiles, make_decider

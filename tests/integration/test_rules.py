@@ -7,8 +7,9 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from dialguard.decider import Decider, DecisionRequest
+from dialguard.decider import Decider
 from dialguard.policy.codes import Rule, Verdict
+from dialguard.policy.model import DecisionRequest
 from dialguard.store.blacklist import BlacklistStore
 from dialguard.store.callerids import CallerIdStore
 from dialguard.store.campaigns import CampaignStore

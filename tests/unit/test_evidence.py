@@ -118,7 +118,9 @@ EXAMPLES: list[tuple[Rule, Facts, str]] = [
 
 
 @pytest.mark.parametrize(
-    ("rule", "facts", "text"), EXAMPLES, ids=[f"{r.value}-{i}" for i, (r, _, _) in enumerate(EXAMPLES)]
+    ("rule", "facts", "text"),
+    EXAMPLES,
+    ids=[f"{r.value}-{i}" for i, (r, _, _) in enumerate(EXAMPLES)],
 )
 def test_each_rule_explains_its_facts_in_one_sentence(rule: Rule, facts: Facts, text: str) -> None:
     assert explain(rule, facts) == text

@@ -16,8 +16,7 @@ from dialguard.policy.values import Hours, parse_hours
 NY = ZoneInfo("America/New_York")
 LA = ZoneInfo("America/Los_Angeles")
 NEW_YORK = ("America/New_York",)
-DAY = parse_hours("08:00-21:00")
-assert DAY is not None
+DAY = Hours(8 * 3600, 21 * 3600)
 
 
 def ny(year: int, month: int, day: int, hour: int, minute: int, second: int) -> datetime:
@@ -42,6 +41,10 @@ def test_hours_include_their_start_and_exclude_their_end(
     at = ny(2026, 3, 10, *local).astimezone(UTC)
     facts = outside_hours(DAY, NEW_YORK, at)
     assert (facts is None) is inside
+
+
+def test_the_default_hours_are_08_00_to_21_00() -> None:
+    assert parse_hours("08:00-21:00") == DAY
 
 
 def test_the_facts_name_the_zone_local_time_hours_and_opening() -> None:

@@ -39,7 +39,8 @@ def test_every_rejection_label_is_a_declared_label_value() -> None:
 
 
 @pytest.mark.parametrize(
-    ("cause", "sip_code"), [(127, None), (16, None), (17, 486), (34, 503), (None, 404), (None, None)]
+    ("cause", "sip_code"),
+    [(127, None), (16, None), (17, 486), (34, 503), (None, 404), (None, None)],
 )
 def test_other_causes_are_not_carrier_rejections(cause: int | None, sip_code: int | None) -> None:
     assert not is_carrier_rejection(cause, sip_code)

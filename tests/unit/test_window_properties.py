@@ -168,7 +168,9 @@ async def test_destination_cap_counts_exactly_the_attempts_inside_the_window(
     decision = await decide_at(
         pool, now, caller, destination, record, destination_caps=[f"{limit}/{window}s"]
     )
-    assert_matches(decision, Rule.DESTINATION_CAP, cap_verdict(allowed, now=0, limit=limit, window=window), now)
+    assert_matches(
+        decision, Rule.DESTINATION_CAP, cap_verdict(allowed, now=0, limit=limit, window=window), now
+    )
     if decision.rule is Rule.DESTINATION_CAP:
         assert decision.facts["count"] == len(in_window(allowed, 0, window))
 

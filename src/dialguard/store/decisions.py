@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -12,7 +13,7 @@ from dialguard.store.connection import connection
 from dialguard.store.queries import q
 
 _DECIDE = q("decide")
-_OUTCOME = q("record_outcome")
+_OUTCOME = q("record_outcome_judged")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,13 +87,27 @@ class OutcomeRecorded:
     recorded: bool
     caller_id: str | None
     campaign: str | None
+    # The outcome tipped the caller ID over the carrier-block threshold and rested it.
+    rested: bool = False
 
 
 class DecisionStore:
-    """Runs decisions against a pool it is given (and does not close)."""
+    """Runs decisions against a pool it is given (and does not close).
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    Outcomes are judged for the carrier-block signal with ``carrier_block_window`` and
+    ``carrier_block_share`` (the ``[feedback]`` settings).
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        carrier_block_window: int = 50,
+        carrier_block_share: float = 0.5,
+    ) -> None:
         self._pool = pool
+        # The share as written (0.3, not the binary float next to it): compared as numeric.
+        self._block = (carrier_block_window, Decimal(repr(carrier_block_share)))
 
     async def decide(self, params: DecideParams) -> DecideResult:
         async with connection(self._pool) as conn:
@@ -111,11 +126,11 @@ class DecisionStore:
     ) -> OutcomeRecorded:
         async with connection(self._pool) as conn:
             row = await conn.fetchrow(
-                _OUTCOME, decision_id, outcome, answered_seconds, cause, sip_code, at
+                _OUTCOME, decision_id, outcome, answered_seconds, cause, sip_code, at, *self._block
             )
         if row is None:
             return OutcomeRecorded(False, None, None)
-        return OutcomeRecorded(True, row["caller_id"], row["campaign"])
+        return OutcomeRecorded(True, row["caller_id"], row["campaign"], row["rested"])
 
     async def get(self, decision_id: int) -> dict[str, Any] | None:
         async with connection(self._pool) as conn:

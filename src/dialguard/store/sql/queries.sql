@@ -142,3 +142,76 @@ ON CONFLICT (campaign, caller_id) DO UPDATE
 
 -- name: latest_decision_for_channel
 SELECT * FROM decisions WHERE channel_id = $1 ORDER BY id DESC LIMIT 1
+
+-- name: record_outcome_judged
+SELECT recorded, caller_id, campaign, rested FROM dg_record_outcome($1, $2, $3, $4, $5, $6, $7, $8)
+
+-- name: record_complaints
+SELECT ord, complaint_id, duplicate, caller_id, campaign, blacklisted, callerid_rested,
+       campaign_paused
+  FROM dg_complaints($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+ ORDER BY ord
+
+-- name: list_complaints
+SELECT id, destination, caller_id, campaign, source, at, text, received_at FROM complaints
+ WHERE ($1::text IS NULL OR destination = $1)
+   AND ($2::text IS NULL OR caller_id = $2)
+   AND ($3::text IS NULL OR campaign = $3)
+   AND ($4::text IS NULL OR source = $4)
+   AND ($5::timestamptz IS NULL OR at >= $5)
+   AND ($6::timestamptz IS NULL OR at < $6)
+   AND ($7::bigint IS NULL OR id < $7)
+ ORDER BY id DESC
+ LIMIT $8
+
+-- name: callerid_health
+-- Over the last $2 completed calls; complaints over the day before $3.
+SELECT count(*)::int AS calls,
+       (count(*) FILTER (WHERE w.outcome = 'answered'))::int AS answered,
+       (count(*) FILTER (WHERE w.outcome = 'answered' AND w.answered_seconds < $4))::int
+           AS short_calls,
+       (count(*) FILTER (WHERE w.outcome = 'carrier_rejected'))::int AS carrier_rejections,
+       (SELECT count(*)::int FROM complaints c
+         WHERE c.caller_id = $1 AND c.at > $3 - interval '24 hours' AND c.at <= $3)
+           AS complaints_24h
+  FROM (SELECT d.outcome, d.answered_seconds FROM decisions d
+         WHERE d.caller_id = $1 AND d.allowed AND d.outcome_at IS NOT NULL
+         ORDER BY d.at DESC LIMIT $2) w
+
+-- name: scrub_prefix_lengths
+-- The lengths of the prefixes on the blacklists a scrub reads: each destination is probed at
+-- these lengths only, instead of at every length from 2 to 16.
+SELECT DISTINCT length(prefix) AS n FROM blacklist_prefixes WHERE campaign IN ('', $1) ORDER BY 1
+
+-- name: scrub_facts
+-- What the database knows about each destination of a batch, for those it knows anything about:
+-- the blacklist entry that denies it, else its allowed calls in the last $4 seconds (oldest first).
+WITH d AS (SELECT DISTINCT u.dest FROM unnest($1::text[]) AS u(dest))
+SELECT d.dest,
+       bn.campaign AS number_campaign, bn.source AS number_source,
+       bn.expires_at AS number_expires_at,
+       bp.prefix, bp.campaign AS prefix_campaign, bp.source AS prefix_source,
+       bp.expires_at AS prefix_expires_at,
+       h.ats, h.callers, h.answered
+  FROM d
+  LEFT JOIN LATERAL (
+        SELECT b.campaign, b.source, b.expires_at FROM blacklist_numbers b
+         WHERE b.number = substr(d.dest, 2)::bigint AND b.campaign IN ('', $2)
+           AND (b.expires_at IS NULL OR b.expires_at > $3)
+         ORDER BY b.campaign DESC LIMIT 1) bn ON true
+  LEFT JOIN LATERAL (
+        SELECT b.prefix, b.campaign, b.source, b.expires_at FROM blacklist_prefixes b
+         WHERE b.prefix IN (SELECT left(d.dest, n) FROM unnest($5::int[]) n
+                             WHERE n BETWEEN 2 AND length(d.dest))
+           AND b.campaign IN ('', $2)
+           AND (b.expires_at IS NULL OR b.expires_at > $3)
+         ORDER BY length(b.prefix) DESC LIMIT 1) bp ON bn.source IS NULL
+  LEFT JOIN LATERAL (
+        SELECT array_agg(x.at ORDER BY x.at) AS ats,
+               array_agg(x.caller_id ORDER BY x.at) AS callers,
+               array_agg(x.answered_seconds ORDER BY x.at) AS answered
+          FROM decisions x
+         WHERE x.destination = d.dest AND x.allowed AND x.at <= $3
+           AND x.at > $3 - make_interval(secs => $4)) h
+        ON bn.source IS NULL AND bp.prefix IS NULL
+ WHERE bn.source IS NOT NULL OR bp.prefix IS NOT NULL OR h.ats IS NOT NULL

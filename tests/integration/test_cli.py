@@ -1,0 +1,549 @@
+"""The ``dialguard`` command end to end: real processes against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.conftest import TEMPLATE, dsn_with_database
+
+DIALGUARD = Path(sys.executable).parent / "dialguard"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+CID = "+12125550100"
+DEST = "+12122641234"
+T0 = "2026-03-10T15:00:00Z"  # 11:00 in New York
+
+
+@dataclass(frozen=True)
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+    @property
+    def err_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.strip()]
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The test's environment without any DIALGUARD_* setting of the machine running it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIALGUARD_")}
+    return {**env, **(extra or {})}
+
+
+@dataclass
+class Cli:
+    dsn: str
+    cwd: Path
+
+    async def __call__(
+        self, *args: str, env: dict[str, str] | None = None, database: bool = True
+    ) -> Run:
+        argv = [str(DIALGUARD), *args, *(["--database", self.dsn] if database else [])]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=self.cwd,
+            env=clean_env(env),
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode is not None
+        return Run(proc.returncode, out.decode(), err.decode())
+
+    async def ok(self, *args: str) -> Run:
+        run = await self(*args)
+        assert run.code == 0, run.err
+        return run
+
+    async def decide(self, at: str, caller: str = CID, dest: str = DEST, *extra: str) -> Any:
+        return (await self.ok("decide", caller, dest, "--at", at, "--json", *extra)).json()
+
+
+@pytest.fixture
+def cli(db_dsn: str, tmp_path: Path) -> Cli:
+    return Cli(db_dsn, tmp_path)
+
+
+@pytest.fixture
+async def other_db(pg_admin_dsn: str, template_dsn: str, db_dsn: str) -> AsyncIterator[str]:
+    """A second fresh database, for round trips between two installations."""
+    name = db_dsn.rsplit("/", 1)[-1].split("?")[0] + "_other"
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    finally:
+        await admin.close()
+    yield dsn_with_database(pg_admin_dsn, name)
+    admin = await asyncpg.connect(pg_admin_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+async def count_decisions(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM decisions"))
+    finally:
+        await conn.close()
+
+
+# ---- check and decide ----------------------------------------------------------------------
+
+
+async def test_check_answers_in_json_and_records_nothing(cli: Cli, db_dsn: str) -> None:
+    await cli.ok("callerid", "add", CID)
+    run = await cli.ok("check", CID, "(212) 264-1234", "--at", T0, "--json")
+    payload = run.json()
+    assert {"verdict", "rule", "evidence", "decision_id"} <= set(payload)
+    assert payload["verdict"] == "allow" and payload["rule"] is None
+    assert payload["evidence"] == "every rule passed"
+    assert payload["decision_id"] is None
+    assert payload["destination"] == DEST
+    assert await count_decisions(db_dsn) == 0
+
+
+async def test_decide_records_and_a_deny_exits_zero_with_its_rule(cli: Cli, db_dsn: str) -> None:
+    await cli.ok("callerid", "add", CID)
+    first = await cli.decide(T0)
+    assert first["verdict"] == "allow" and isinstance(first["decision_id"], int)
+    second = await cli.decide("2026-03-10T15:00:01Z", CID, "+1 212 264 1234")
+    assert second["verdict"] == "deny"
+    assert second["rule"] == "destination_interval"
+    assert second["evidence"] == "last attempt at 2026-03-10T15:00:00+00:00, minimum interval 4h"
+    assert second["decision_id"] == first["decision_id"] + 1
+    assert second["callable_at"] == "2026-03-10T19:00:00+00:00"
+    assert await count_decisions(db_dsn) == 2
+
+
+async def test_text_output_names_the_verdict_rule_evidence_and_callable_time(cli: Cli) -> None:
+    await cli.ok("callerid", "add", CID)
+    await cli.decide(T0)
+    run = await cli.ok("check", CID, DEST, "--at", "2026-03-10T16:00:00+01:00")
+    assert run.out.splitlines() == [
+        "DENY destination_interval: last attempt at 2026-03-10T15:00:00+00:00, minimum interval 4h",
+        "callable_at: 2026-03-10T19:00:00+00:00",
+    ]
+
+
+async def test_invalid_numbers_are_results_not_errors(cli: Cli) -> None:
+    bad_dest = await cli.decide(T0, CID, "not a number")
+    assert (bad_dest["verdict"], bad_dest["rule"]) == ("deny", "invalid_number")
+    bad_caller = await cli.decide(T0, "12", DEST)
+    assert bad_caller["rule"] == "callerid_unknown"
+    assert bad_caller["evidence"] == "caller ID '12' is not a valid phone number"
+
+
+async def test_a_time_without_an_offset_is_a_one_line_usage_error(cli: Cli) -> None:
+    run = await cli("decide", CID, DEST, "--at", "2026-03-10T15:00:00")
+    assert run.code == 2
+    assert run.err_lines == ["dialguard: time '2026-03-10T15:00:00' has no offset; add Z or +HH:MM"]
+    assert run.out == ""
+
+
+async def test_invalid_config_values_from_the_environment_exit_2_one_line_each(
+    cli: Cli, db_dsn: str
+) -> None:
+    run = await cli(
+        "decide",
+        CID,
+        DEST,
+        env={"DIALGUARD_GATE_FAIL_MODE": "maybe", "DIALGUARD_NUMBERS_DEFAULT_REGION": "UK"},
+    )
+    assert run.code == 2
+    assert run.err_lines == [
+        "dialguard: config: DIALGUARD_GATE_FAIL_MODE: expected 'closed' or 'open', got 'maybe'",
+        "dialguard: config: DIALGUARD_NUMBERS_DEFAULT_REGION: unknown region 'UK'"
+        " (use an ISO 3166 code like US or GB)",
+    ]
+    assert await count_decisions(db_dsn) == 0
+
+
+async def test_a_config_file_named_by_flag_is_read(cli: Cli, tmp_path: Path) -> None:
+    config = tmp_path / "strict.toml"
+    config.write_text("[profiles.default]\ncalling_hours = '12:00-13:00'\n", encoding="utf-8")
+    await cli.ok("callerid", "add", CID)
+    run = await cli.ok("check", CID, DEST, "--at", T0, "--json", "--config", str(config))
+    assert run.json()["rule"] == "calling_hours"
+    missing = await cli("check", CID, DEST, "--config", str(tmp_path / "nope.toml"))
+    assert missing.code == 2
+    assert missing.err_lines == [
+        f"dialguard: config: {tmp_path / 'nope.toml'}: config file not found"
+    ]
+
+
+async def test_a_usage_error_exits_2(cli: Cli) -> None:
+    run = await cli("decide", CID)
+    assert run.code == 2
+    assert "usage: dialguard decide" in run.err
+
+
+async def test_an_unreachable_database_exits_1_with_one_line(cli: Cli) -> None:
+    unreachable = Cli("postgresql://dialguard@127.0.0.1:9/nowhere", cli.cwd)
+    run = await unreachable("check", CID, DEST)
+    assert run.code == 1
+    assert len(run.err_lines) == 1
+    assert run.err_lines[0].startswith("dialguard: database unavailable: ")
+
+
+# ---- outcome -------------------------------------------------------------------------------
+
+
+async def test_an_answered_outcome_starts_the_conversation_cooldown(cli: Cli) -> None:
+    await cli.ok("callerid", "add", CID)
+    first = await cli.decide(T0)
+    run = await cli.ok(
+        "outcome",
+        str(first["decision_id"]),
+        "--answered-seconds",
+        "60",
+        "--at",
+        "2026-03-10T15:01:00Z",
+        "--json",
+    )
+    assert run.json() == {"decision_id": first["decision_id"], "outcome": "answered"}
+    # A day later the interval and the daily cap are satisfied; the cooldown is not.
+    later = await cli.decide("2026-03-11T15:00:00Z")
+    assert later["rule"] == "destination_cooldown"
+    assert later["evidence"] == (
+        "a 60 s conversation ended at 2026-03-10T15:01:00+00:00; cooldown 7d after"
+        " conversations of 30 s or more"
+    )
+    assert later["callable_at"] == "2026-03-17T15:01:00+00:00"
+
+
+async def test_an_outcome_is_recorded_once_and_only_for_an_allowed_call(cli: Cli) -> None:
+    await cli.ok("callerid", "add", CID)
+    allowed = await cli.decide(T0)
+    denied = await cli.decide("2026-03-10T15:00:01Z")
+    rejected = await cli.ok(
+        "outcome", str(allowed["decision_id"]), "--cause", "127", "--sip-code", "608", "--json"
+    )
+    assert rejected.json()["outcome"] == "carrier_rejected"
+    again, on_denied, negative = await asyncio.gather(
+        cli("outcome", str(allowed["decision_id"]), "--cause", "17"),
+        cli("outcome", str(denied["decision_id"]), "--cause", "16"),
+        cli("outcome", str(allowed["decision_id"]), "--answered-seconds", "-5"),
+    )
+    assert again.code == on_denied.code == negative.code == 2
+    assert again.err_lines == [
+        f"dialguard: decision {allowed['decision_id']} is not an allowed call awaiting its outcome"
+    ]
+    assert on_denied.err_lines == [
+        f"dialguard: decision {denied['decision_id']} is not an allowed call awaiting its outcome"
+    ]
+    assert negative.err_lines == ["dialguard: --answered-seconds cannot be negative"]
+
+
+async def test_an_outcome_needs_answered_seconds_or_a_cause(cli: Cli) -> None:
+    neither, both = await asyncio.gather(
+        cli("outcome", "1"), cli("outcome", "1", "--cause", "16", "--answered-seconds", "3")
+    )
+    assert neither.code == both.code == 2
+
+
+# ---- caller IDs ----------------------------------------------------------------------------
+
+
+async def test_a_rested_caller_id_is_denied_until_released(cli: Cli) -> None:
+    added = (await cli.ok("callerid", "add", "(212) 555-0100", "--json")).json()
+    assert (added["number"], added["state"]) == (CID, "active")
+    rested = (await cli.ok("callerid", "rest", CID, "--reason", "complaints", "--json")).json()
+    assert (rested["state"], rested["reason"]) == ("rested", "complaints")
+    denied = await cli.decide(T0)
+    assert denied["rule"] == "callerid_rested" and "(complaints)" in denied["evidence"]
+    released = await cli.ok("callerid", "release", CID)
+    assert released.out.strip() == f"{CID}: active"
+    assert (await cli.decide("2026-03-10T15:00:01Z"))["verdict"] == "allow"
+
+
+async def test_releasing_a_retired_caller_id_exits_2(cli: Cli) -> None:
+    await cli.ok("callerid", "add", CID)
+    retired = await cli.ok("callerid", "retire", CID, "--reason", "number returned")
+    assert retired.out.strip() == f"{CID}: retired"
+    release, listed = await asyncio.gather(
+        cli("callerid", "release", CID), cli.ok("callerid", "list", "--json")
+    )
+    assert release.code == 2
+    assert release.err_lines == [f"dialguard: caller ID {CID} is retired; retirement is final"]
+    assert [(r["number"], r["state"], r["reason"]) for r in listed.json()] == [
+        (CID, "retired", "number returned")
+    ]
+    assert (await cli.decide(T0))["rule"] == "callerid_rested"
+
+
+async def test_a_rest_defaults_to_the_manual_reason(cli: Cli) -> None:
+    await cli.ok("callerid", "add", CID)
+    rested = (await cli.ok("callerid", "rest", CID, "--json")).json()
+    assert rested["reason"] == "manual"
+
+
+async def test_caller_id_commands_refuse_unknown_and_invalid_numbers(cli: Cli) -> None:
+    unknown, invalid, missing = await asyncio.gather(
+        cli("callerid", "rest", "+12125550199"),
+        cli("callerid", "add", "12"),
+        cli("callerid", "add"),
+    )
+    assert unknown.code == invalid.code == missing.code == 2
+    assert unknown.err_lines == ["dialguard: caller ID +12125550199 is not registered"]
+    assert invalid.err_lines == ["dialguard: caller ID '12' is not a valid phone number"]
+    assert missing.err_lines == ["dialguard: callerid add needs a NUMBER"]
+
+
+async def test_caller_ids_are_listed_by_state(cli: Cli) -> None:
+    await cli.ok("callerid", "add", "+12125550101")
+    await cli.ok("callerid", "add", CID, "--campaign", "spring")
+    await cli.ok("callerid", "rest", "+12125550101")
+    rested = (await cli.ok("callerid", "list", "--state", "rested", "--json")).json()
+    assert [r["number"] for r in rested] == ["+12125550101"]
+    everything = await cli.ok("callerid", "list")
+    lines = everything.out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(CID) and "active" in lines[0]
+
+
+# ---- campaigns -----------------------------------------------------------------------------
+
+
+async def test_campaign_set_applies_profile_and_overrides_to_the_next_decision(cli: Cli) -> None:
+    run = await cli.ok(
+        "campaign",
+        "set",
+        "spring",
+        "--profile",
+        "b2b",
+        "--set",
+        "destination_caps=3/24h,7/7d",
+        "--set",
+        "destination_min_interval=off",
+        "--set",
+        "require_registered_callerid=false",
+        "--json",
+    )
+    row = run.json()
+    assert row["profile"] == "b2b"
+    assert row["overrides"] == {
+        "destination_caps": "3/24h,7/7d",
+        "destination_min_interval": "off",
+        "require_registered_callerid": "false",
+    }
+    spring = ("--campaign", "spring")
+    # b2b alone allows two calls a day; the override allows three.
+    verdicts = [
+        await cli.decide(f"2026-03-10T{hour}:00:00Z", CID, DEST, *spring)
+        for hour in (13, 14, 15, 16)
+    ]
+    assert [v["rule"] for v in verdicts] == [None, None, None, "destination_cap"]
+    assert verdicts[3]["evidence"] == "3 attempts in the last 24h, limit 3"
+    # b2b's office hours (09:00-18:00) hold: 18:00 in New York is closed.
+    evening = await cli.decide("2026-03-10T22:00:00Z", CID, "+12122641299", *spring)
+    assert evening["rule"] == "calling_hours"
+    # A change applies to the very next decision.
+    await cli.ok("campaign", "set", "spring", "--set", "destination_caps=off")
+    fifth = await cli.decide("2026-03-10T17:00:00Z", CID, DEST, *spring)
+    assert fifth["verdict"] == "allow"
+
+
+async def test_every_bad_set_value_is_reported_and_nothing_is_saved(cli: Cli) -> None:
+    run = await cli(
+        "campaign",
+        "set",
+        "spring",
+        "--set",
+        "destination_caps=3/24h,7/7x",
+        "--set",
+        "calling_hours=21:00-08:00",
+        "--set",
+        "colour=red",
+        "--set",
+        "no-equals-sign",
+    )
+    assert run.code == 2
+    assert len(run.err_lines) == 1
+    line = run.err_lines[0]
+    assert line.startswith("dialguard: ")
+    for part in (
+        "expected key=value, got 'no-equals-sign'",
+        "campaign spring: unknown key 'colour'",
+        "campaign spring.calling_hours: calling hours must start before they end",
+        "campaign spring.destination_caps: expected a duration",
+    ):
+        assert part in line
+    shown = (await cli.ok("campaign", "show", "spring", "--json")).json()
+    assert shown["overrides"] == {} and "version" not in shown
+
+
+async def test_campaign_set_refuses_an_unknown_profile(cli: Cli) -> None:
+    run = await cli("campaign", "set", "spring", "--profile", "b2x")
+    assert run.code == 2
+    assert run.err_lines == ["dialguard: unknown profile 'b2x' (known: b2b, b2c, default, finance)"]
+
+
+async def test_a_paused_campaign_denies_until_resumed(cli: Cli) -> None:
+    await cli.ok("callerid", "add", CID)
+    paused = (await cli.ok("campaign", "pause", "spring", "--reason", "review", "--json")).json()
+    assert paused["paused"] is True and paused["pause_reason"] == "review"
+    shown = (await cli.ok("campaign", "show", "spring", "--json")).json()
+    assert shown["paused"] is True and shown["profile"] == "default"
+    denied = await cli.decide(T0, CID, DEST, "--campaign", "spring")
+    assert denied["rule"] == "campaign_paused"
+    assert denied["evidence"] == "campaign spring is paused (review)"
+    resumed = (await cli.ok("campaign", "resume", "spring", "--json")).json()
+    assert resumed["paused"] is False
+    allowed = await cli.decide("2026-03-10T15:00:01Z", CID, DEST, "--campaign", "spring")
+    assert allowed["verdict"] == "allow"
+
+
+async def test_showing_a_campaign_never_set_shows_the_defaults(cli: Cli) -> None:
+    shown = (await cli.ok("campaign", "show", "autumn", "--json")).json()
+    assert shown == {"name": "autumn", "profile": "default", "overrides": {}, "paused": False}
+    missing = await cli("campaign", "pause")
+    assert missing.code == 2 and missing.err_lines == ["dialguard: campaign pause needs a NAME"]
+
+
+# ---- blacklist -----------------------------------------------------------------------------
+
+
+async def test_a_blacklisted_number_is_denied_until_removed(cli: Cli) -> None:
+    await cli.ok("callerid", "add", CID)
+    added = await cli.ok("blacklist", "add", "(212) 264-1234", "--reason", "asked", "--json")
+    assert added.json()["number"] == DEST and added.json()["source"] == "manual"
+    denied = await cli.decide(T0)
+    assert denied["rule"] == "blacklisted"
+    assert denied["evidence"] == f"number {DEST} is on the global blacklist (source manual)"
+    removed = await cli.ok("blacklist", "remove", DEST)
+    assert removed.out.strip() == f"removed {DEST}"
+    assert (await cli.decide("2026-03-10T15:00:01Z"))["verdict"] == "allow"
+    again = await cli("blacklist", "remove", DEST)
+    assert again.code == 2 and again.err_lines == [f"dialguard: {DEST} is not on that blacklist"]
+
+
+async def test_a_blacklisted_prefix_denies_every_number_under_it(cli: Cli) -> None:
+    _, added = await asyncio.gather(
+        cli.ok("callerid", "add", CID),
+        cli.ok("blacklist", "add", "+1718264", "--prefix", "--source", "regulator", "--json"),
+    )
+    assert added.json()["prefix"] == "+1718264"
+    denied, elsewhere = await asyncio.gather(
+        cli.decide(T0, CID, "+17182641234"), cli.decide(T0, CID, "+17182651234")
+    )
+    assert denied["rule"] == "blacklisted"
+    assert denied["evidence"] == "prefix +1718264 is on the global blacklist (source regulator)"
+    assert elsewhere["verdict"] == "allow"
+    await cli.ok("blacklist", "remove", "+1718264", "--prefix")
+    assert (await cli.decide("2026-03-10T15:00:01Z", CID, "+17182641234"))["verdict"] == "allow"
+
+
+async def test_a_campaign_blacklist_applies_to_that_campaign_only(cli: Cli) -> None:
+    await cli.ok("callerid", "add", CID)
+    await cli.ok("blacklist", "add", DEST, "--campaign", "spring")
+    spring = await cli.decide(T0, CID, DEST, "--campaign", "spring")
+    assert spring["rule"] == "blacklisted" and "campaign blacklist" in spring["evidence"]
+    assert (await cli.decide(T0, CID, DEST, "--campaign", "summer"))["verdict"] == "allow"
+    global_remove = await cli("blacklist", "remove", DEST)
+    assert global_remove.code == 2
+
+
+async def test_blacklist_values_must_be_numbers_or_e164_prefixes(cli: Cli) -> None:
+    bad_prefix, bad_number, missing = await asyncio.gather(
+        cli("blacklist", "add", "1718264", "--prefix"),
+        cli("blacklist", "add", "garbage"),
+        cli("blacklist", "add"),
+    )
+    assert bad_prefix.code == bad_number.code == missing.code == 2
+    assert bad_prefix.err_lines == ["dialguard: prefix '1718264' must be E.164 like +1718264"]
+    assert bad_number.err_lines == ["dialguard: number 'garbage' is not a valid phone number"]
+    assert missing.err_lines == ["dialguard: blacklist add needs a VALUE"]
+
+
+async def test_expires_must_carry_an_offset_and_nothing_is_added_without_one(cli: Cli) -> None:
+    run = await cli("blacklist", "add", DEST, "--expires", "2026-03-10T16:00:00")
+    assert run.code == 2
+    assert run.err_lines == ["dialguard: time '2026-03-10T16:00:00' has no offset; add Z or +HH:MM"]
+    export = await cli.ok("blacklist", "export")
+    assert export.out.splitlines() == ["value,campaign,source,reason,expires_at"]
+
+
+async def test_an_entry_with_an_expiry_holds_until_then(cli: Cli) -> None:
+    await cli.ok("callerid", "add", CID)
+    added = await cli.ok(
+        "blacklist", "add", DEST, "--expires", "2026-03-10T12:00:00-04:00", "--json"
+    )
+    assert added.json()["expires_at"].startswith("2026-03-10 16:00:00")
+    denied = await cli.decide("2026-03-10T15:59:59Z")
+    assert denied["rule"] == "blacklisted"
+    assert denied["callable_at"] == "2026-03-10T16:00:00+00:00"
+    assert (await cli.decide("2026-03-10T16:00:00Z"))["verdict"] == "allow"
+
+
+async def test_import_reports_bad_rows_by_line_and_keeps_the_good_ones(cli: Cli) -> None:
+    source = FIXTURES / "blacklist_with_bad_rows.csv"
+    run = await cli.ok("blacklist", "import", str(source), "--json")
+    assert {k: run.json()[k] for k in ("imported", "bad_rows")} == {"imported": 4, "bad_rows": 3}
+    reported = [line for line in run.err.replace("\r", "\n").splitlines() if ": line " in line]
+    assert reported == [
+        f"{source}: line 4: not a valid phone number: 'not a number'",
+        f"{source}: line 5: time '2027-01-01T00:00:00' has no offset; add Z or +HH:MM",
+        f"{source}: line 8: not an ISO 8601 time: 'someday'",
+    ]
+    assert "imported 4 rows" in run.err  # progress
+    export = await cli.ok("blacklist", "export")
+    assert export.out.splitlines() == [
+        "value,campaign,source,reason,expires_at",
+        "+12122641234,,dnc,asked not to be called,",
+        "+12122641235,spring,crm,,",
+        "+12122641237,,regulator,,2099-01-01T00:00:00+00:00",
+        "+12122641239,summer,import,,",
+    ]
+
+
+async def test_import_of_a_missing_file_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    run = await cli("blacklist", "import", str(tmp_path / "missing.csv"))
+    assert run.code == 2
+    assert run.err_lines == [f"dialguard: cannot read {tmp_path / 'missing.csv'}: no such file"]
+
+
+async def test_export_then_import_into_another_database_round_trips_numbers(
+    cli: Cli, other_db: str, tmp_path: Path
+) -> None:
+    await cli.ok("blacklist", "import", str(FIXTURES / "blacklist_with_bad_rows.csv"))
+    await cli.ok("blacklist", "add", "+442079460018", "--campaign", "uk", "--source", "tps")
+    exported = (await cli.ok("blacklist", "export")).out
+    dump = tmp_path / "export.csv"
+    dump.write_text(exported, encoding="utf-8")
+    other = Cli(other_db, tmp_path)
+    imported = await other.ok("blacklist", "import", str(dump), "--json")
+    assert imported.json()["bad_rows"] == 0
+    assert (await other.ok("blacklist", "export")).out == exported
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="src bug: `blacklist export` writes prefixes in the same `value` column as numbers and "
+    "`blacklist import` has no way to mark a prefix, so +1718264 comes back as an exact number "
+    "and a short prefix such as +44 is rejected as an invalid number",
+)
+async def test_export_then_import_round_trips_prefixes(
+    cli: Cli, other_db: str, tmp_path: Path
+) -> None:
+    await cli.ok("blacklist", "add", "+1718264", "--prefix")
+    await cli.ok("blacklist", "add", "+44", "--prefix", "--campaign", "uk")
+    exported = (await cli.ok("blacklist", "export")).out
+    dump = tmp_path / "export.csv"
+    dump.write_text(exported, encoding="utf-8")
+    other = Cli(other_db, tmp_path)
+    await other("blacklist", "import", str(dump))
+    assert (await other.ok("blacklist", "export")).out == exported
