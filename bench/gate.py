@@ -1,0 +1,182 @@
+"""Gate throughput and latency: the fake Asterisk offers StasisStart at a fixed rate to a real
+`dialguard serve` process; latency runs from the StasisStart to the continue or hang-up that
+dialguard sends back.
+
+    .venv/bin/python bench/gate.py --rates 250 500 1000 --seconds 10
+
+The fake Asterisk and the load generator run in this process, dialguard in its own, PostgreSQL
+(embedded, fresh) in a third: three parties sharing the machine's cores, as on a real PBX host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from dialguard.store.callerids import CallerIdStore
+from dialguard.store.connection import create_pool
+from dialguard.store.embedded import EmbeddedPostgres
+from dialguard.store.migrate import migrate
+from dialguard.testing import FakeAsterisk, Outcome
+
+DIALGUARD = str(Path(sys.executable).parent / "dialguard")
+CALLERS = [f"2125{n:06d}" for n in range(1000, 1200)]
+
+
+class TimedFake(FakeAsterisk):
+    """The fake Asterisk, stamping when each channel's verdict (continue or hang-up) arrives."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.answered_at: dict[str, float] = {}
+
+    def _record(
+        self, method: str, path: str, query: dict[str, str], body: Any, status: int, response: Any
+    ) -> None:
+        if path.endswith("/continue") or method == "DELETE":
+            channel = path.split("/")[2]
+            self.answered_at.setdefault(channel, time.perf_counter())
+        super()._record(method, path, query, body, status, response)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_ready(url: str, proc: asyncio.subprocess.Process) -> None:
+    async with aiohttp.ClientSession() as session, asyncio.timeout(30):
+        while True:
+            if proc.returncode is not None:
+                raise RuntimeError("dialguard serve exited")
+            try:
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+
+
+async def run_rate(fake: TimedFake, rate: float, seconds: float, offset: int) -> dict[str, Any]:
+    count = int(rate * seconds)
+    sent: dict[str, float] = {}
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    late = 0
+    for i in range(count):
+        delay = start + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.05:
+            late += 1
+        n = offset + i
+        call = await fake.originate_outbound(f"917{n:07d}", CALLERS[n % len(CALLERS)])
+        assert call.stasis is not None
+        sent[call.stasis.id] = time.perf_counter()
+    offered_for = loop.time() - start
+    try:
+        await fake.wait_for(lambda: all(c in fake.answered_at for c in sent), timeout=10.0)
+    except TimeoutError:
+        pass  # report what was answered
+    latencies = sorted(
+        (fake.answered_at[c] - t0) * 1000 for c, t0 in sent.items() if c in fake.answered_at
+    )
+    answered = len(latencies)
+    last = max((fake.answered_at[c] for c in sent if c in fake.answered_at), default=0.0)
+    first = min(sent.values())
+    return {
+        "offered_per_s": rate,
+        "calls": count,
+        "answered": answered,
+        "achieved_offer_per_s": round(count / offered_for, 1),
+        "answered_per_s": round(answered / max(last - first, 1e-9), 1),
+        "p50_ms": round(statistics.median(latencies), 2) if latencies else None,
+        "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 2) if latencies else None,
+        "max_ms": round(latencies[-1], 2) if latencies else None,
+        "generator_late": late,
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rates", type=float, nargs="+", default=[250, 500, 1000])
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--dsn", help="use this PostgreSQL instead of a fresh embedded one")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="dialguard-bench-gate-"))
+    embedded = None
+    dsn = args.dsn
+    if dsn is None:
+        embedded = EmbeddedPostgres(workdir / "pgdata")
+        dsn = embedded.start()
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    await migrate(pool)
+    for caller in CALLERS:
+        await CallerIdStore(pool).add("+1" + caller, None)
+    await pool.close()
+
+    results = []
+    async with TimedFake(
+        stasis_args=("${CAMPAIGN}",),
+        keep_dial_cause=True,
+        verbose_events=False,
+        default_outcome=Outcome.answered(0.5),
+    ) as fake:
+        api = free_port()
+        env = {
+            **os.environ,
+            "DIALGUARD_DATABASE_URL": dsn,
+            "DIALGUARD_DATA_DIR": str(workdir),
+            "DIALGUARD_ARI_URL": fake.base_url,
+            "DIALGUARD_ARI_PASSWORD": "dialguard",
+            "DIALGUARD_API_LISTEN": f"127.0.0.1:{api}",
+            "DIALGUARD_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+            # Fresh destinations from 200 caller IDs: the checks all run, few deny.
+            "DIALGUARD_PROFILES_DEFAULT_CALLING_HOURS": "00:00-24:00",
+            "DIALGUARD_PROFILES_DEFAULT_CALLERID_CAPS": "off",
+            "DIALGUARD_PROFILES_DEFAULT_CAMPAIGN_CALLERIDS_PER_DAY": "off",
+            "DIALGUARD_PROFILES_DEFAULT_CALLERID_MAX_CONCURRENT": "off",
+        }
+        proc = await asyncio.create_subprocess_exec(
+            DIALGUARD, "serve", env=env, stderr=asyncio.subprocess.DEVNULL
+        )
+        try:
+            await wait_ready(f"http://127.0.0.1:{api}/readyz", proc)
+            offset = 0
+            for rate in args.rates:
+                result = await run_rate(fake, rate, args.seconds, offset)
+                offset += result["calls"]
+                print(json.dumps(result), flush=True)
+                results.append(result)
+                await asyncio.sleep(2)
+        finally:
+            proc.terminate()
+            await proc.wait()
+    if embedded is not None:
+        embedded.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+    print(json.dumps({"load_average": os.getloadavg()}))
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
