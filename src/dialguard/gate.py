@@ -12,7 +12,13 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dialguard.ari.errors import AriError, AriUnavailable, ChannelGone, NotInStasis
+from dialguard.ari.errors import (
+    AriError,
+    AriUnavailable,
+    ChannelGone,
+    DialplanTargetNotFound,
+    NotInStasis,
+)
 from dialguard.ari.events import (
     ApplicationReplaced,
     Channel,
@@ -48,6 +54,7 @@ class Decide(Protocol):
 
 class GateMetrics(Protocol):
     def ari_connected(self, connected: bool) -> None: ...
+    def dialplan_misconfigured(self) -> None: ...
     def ari_reconnect(self) -> None: ...
     def ungated_call(self) -> None: ...
 
@@ -194,6 +201,8 @@ class Gate:
                 await self._decide_and_command(channel, args)
         except (ChannelGone, NotInStasis):
             log.info("channel %s left before the decision was applied", channel.id)
+        except DialplanTargetNotFound as exc:
+            await self._misconfigured(channel, exc)
         except AriError as exc:
             log.error("channel %s: ARI refused the command: %s", channel.id, exc)
         except Exception:
@@ -252,6 +261,21 @@ class Gate:
             await self._ari.continue_in_dialplan(channel.id, label=self._config.deny_label)
         else:
             await self._ari.hangup(channel.id, reason_code=self._config.deny_cause)
+
+    async def _misconfigured(self, channel: Channel, exc: DialplanTargetNotFound) -> None:
+        """A label dialguard continues to is missing from the dialplan: say so and fail closed."""
+        log.error(
+            "channel %s: the dialplan has no label for dialguard's verdict (%s); check"
+            " gate.allow_label/gate.deny_label against [dialguard-out]; hanging up",
+            channel.id,
+            exc,
+        )
+        if self._metrics is not None:
+            self._metrics.dialplan_misconfigured()
+        try:
+            await self._ari.hangup(channel.id, reason_code=self._config.deny_cause)
+        except AriError as hangup_error:
+            log.error("channel %s: hang-up failed too: %s", channel.id, hangup_error)
 
     async def _pick(self, source: str, channel: Channel, args: tuple[str, ...]) -> str | None:
         """Read a value as configured: ``exten``, ``arg:N`` (1-based) or ``var:NAME``."""

@@ -4,6 +4,12 @@ The gate tells the tracker which channel it allowed and under which decision. Th
 event links that channel (the caller) to the trunk channel (the peer); the peer's answer and its
 ``ChannelDestroyed`` (the only reliable cause: ``ChannelHangupRequest.cause`` is a bit mask when
 soft) give the outcome, recorded once per decision.
+
+The ARI proxy allows channels that ARE the trunk leg (an originate to ``PJSIP/<num>@carrier``).
+It learns the channel id from Asterisk's answer, which may come after the channel's first
+events, or even after its end. So the tracker keeps a short memory of the trunk channels no
+decision explains yet (the bypass detector announces each one as it appears) and replays it
+when the proxy links the channel.
 """
 
 from __future__ import annotations
@@ -68,6 +74,29 @@ class _TrunkLeg:
     seen: float = field(default_factory=time.monotonic)
 
 
+@dataclass
+class _Ended:
+    cause: int
+    tech_cause: int | None
+    at: datetime
+    noted: float
+
+
+@dataclass
+class _UnlinkedTrunk:
+    """A trunk channel seen on the trunk that no allowed decision has claimed (yet)."""
+
+    seen: float
+    dialed: bool = False
+    answered_at: datetime | None = None
+    ended: _Ended | None = None
+
+
+# How long the end of an unlinked trunk channel is remembered for a proxy link that arrives
+# late: Asterisk answers an originate within milliseconds, so a minute is plenty.
+UNLINKED_END_MEMORY = 60.0
+
+
 class OutcomeTracker:
     """Links allowed channels to their trunk legs and records outcomes through ``sink``.
 
@@ -91,11 +120,66 @@ class OutcomeTracker:
         self._clock = clock
         self._allowed: dict[str, _Allowed] = {}
         self._trunk: dict[str, _TrunkLeg] = {}
+        self._unlinked: dict[str, _UnlinkedTrunk] = {}
 
     def allowed(self, channel_id: str, decision_id: int, campaign: str, caller_id: str) -> None:
         self._allowed[channel_id] = _Allowed(
             channel_id, decision_id, campaign, caller_id, self._clock()
         )
+
+    def allowed_trunk(
+        self, channel_id: str, decision_id: int, campaign: str, caller_id: str
+    ) -> None:
+        """An allowed call whose channel is itself the trunk leg (a proxied originate or dial).
+
+        What the trunk channel already did before this link (answered, even ended) is taken
+        from the memory of unlinked trunk channels, so a late link loses no outcome.
+        """
+        call = _Allowed(
+            channel_id, decision_id, campaign, caller_id, self._clock(), trunk_channel=channel_id
+        )
+        early = self._unlinked.pop(channel_id, None)
+        answered_at = early.answered_at if early is not None else None
+        if early is not None and early.ended is not None:
+            end = early.ended
+            self._finish(
+                call, _answered_seconds(answered_at, end.at), end.cause, end.tech_cause, end.at
+            )
+            return
+        self._allowed[channel_id] = call
+        self._trunk[channel_id] = _TrunkLeg(call, answered_at=answered_at)
+
+    def not_placed(
+        self,
+        decision_id: int,
+        campaign: str,
+        caller_id: str,
+        at: datetime,
+        *,
+        channel_id: str | None = None,
+    ) -> None:
+        """An allowed call that never reached the trunk: Asterisk refused it or was away.
+
+        Its outcome (``failed``) is recorded at once, so that it does not count as a call up.
+        """
+        if channel_id is not None:
+            self._trunk.pop(channel_id, None)
+            self._allowed.pop(channel_id, None)
+        call = _Allowed(channel_id or "", decision_id, campaign, caller_id, self._clock())
+        self._finish(call, None, None, None, at)
+
+    def trunk_created(self, channel_id: str) -> None:
+        """A channel appeared on a trunk: remember what it does until a decision claims it."""
+        if channel_id not in self._trunk:
+            self._unlinked.setdefault(channel_id, _UnlinkedTrunk(self._clock()))
+
+    def awaiting_dial(self, channel_id: str) -> bool:
+        """True for an unclaimed trunk channel that is up but has not dialed anything yet.
+
+        ``POST /channels/create`` makes such a channel; it places no call until it is dialed.
+        """
+        early = self._unlinked.get(channel_id)
+        return early is not None and not early.dialed and early.ended is None
 
     def is_allowed_channel(self, channel_id: str) -> bool:
         return channel_id in self._allowed
@@ -109,9 +193,11 @@ class OutcomeTracker:
         if leg is None:
             call = self._allowed.get(caller_id) if caller_id else None
             if call is None:
+                self._note_unlinked(peer_id, dialed=True, answered_at=_answer_time(dialstatus, at))
                 return False
             call.trunk_channel = peer_id
             leg = self._trunk[peer_id] = _TrunkLeg(call)
+            self._unlinked.pop(peer_id, None)
         if dialstatus == "ANSWER" and leg.answered_at is None:
             leg.answered_at = at
         return True
@@ -120,6 +206,8 @@ class OutcomeTracker:
         leg = self._trunk.get(channel_id)
         if leg is not None and leg.answered_at is None:
             leg.answered_at = at
+        elif leg is None:
+            self._note_unlinked(channel_id, answered_at=at)
 
     def on_destroyed(
         self, channel_id: str, cause: int, tech_cause: int | None, at: datetime
@@ -127,11 +215,12 @@ class OutcomeTracker:
         leg = self._trunk.pop(channel_id, None)
         if leg is not None:
             self._allowed.pop(leg.call.channel_id, None)
-            answered = None
-            if leg.answered_at is not None:
-                answered = max(0, round((at - leg.answered_at).total_seconds()))
+            answered = _answered_seconds(leg.answered_at, at)
             self._finish(leg.call, answered, cause, tech_cause, at)
             return
+        early = self._unlinked.get(channel_id)
+        if early is not None and early.ended is None:
+            early.ended = _Ended(cause, tech_cause, at, self._clock())
         call = self._allowed.get(channel_id)
         if call is None or call.trunk_channel is not None:
             # Not ours, or its trunk leg is still up and will tell the outcome.
@@ -148,13 +237,32 @@ class OutcomeTracker:
         self._finish(call, None, cause, tech_cause, at)
 
     def expire(self) -> int:
-        cutoff = self._clock() - self._max_age
+        now = self._clock()
+        cutoff = now - self._max_age
         stale = [cid for cid, call in self._allowed.items() if call.continued_at < cutoff]
         for cid in stale:
             call = self._allowed.pop(cid)
             if call.trunk_channel:
                 self._trunk.pop(call.trunk_channel, None)
+        forgotten = [
+            cid
+            for cid, early in self._unlinked.items()
+            if early.seen < cutoff
+            or (early.ended is not None and early.ended.noted < now - UNLINKED_END_MEMORY)
+        ]
+        for cid in forgotten:
+            del self._unlinked[cid]
         return len(stale)
+
+    def _note_unlinked(
+        self, channel_id: str, *, dialed: bool = False, answered_at: datetime | None = None
+    ) -> None:
+        early = self._unlinked.get(channel_id)
+        if early is None:
+            return  # not a trunk channel, or one already explained
+        early.dialed = early.dialed or dialed
+        if early.answered_at is None:
+            early.answered_at = answered_at
 
     def _finish(
         self,
@@ -184,6 +292,16 @@ class OutcomeTracker:
                 )
             )
         )
+
+
+def _answer_time(dialstatus: str, at: datetime) -> datetime | None:
+    return at if dialstatus == "ANSWER" else None
+
+
+def _answered_seconds(answered_at: datetime | None, ended_at: datetime) -> int | None:
+    if answered_at is None:
+        return None
+    return max(0, round((ended_at - answered_at).total_seconds()))
 
 
 class OutcomeStore(Protocol):

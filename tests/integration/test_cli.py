@@ -1,4 +1,8 @@
-"""The ``dialguard`` command end to end: real processes against a real PostgreSQL."""
+"""The ``dialguard`` command end to end: real processes against a real PostgreSQL.
+
+Each test runs the commands it is about as processes; set-up and the decisions that only show a
+command's effect run in the test's own process on the same database, which keeps the tests fast.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,17 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
+from dialguard.policy.model import Decision, DecisionRequest
+from dialguard.store.callerids import CallerIdStore
 from tests.conftest import TEMPLATE, dsn_with_database
+from tests.support import make_decider
 
 DIALGUARD = Path(sys.executable).parent / "dialguard"
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -78,6 +86,25 @@ def cli(db_dsn: str, tmp_path: Path) -> Cli:
 
 
 @pytest.fixture
+async def registered(pool: asyncpg.Pool) -> None:
+    await CallerIdStore(pool).add(CID, None)
+
+
+async def decide_here(
+    pool: asyncpg.Pool,
+    at: str,
+    dest: str = DEST,
+    campaign: str | None = None,
+    caller: str = CID,
+) -> Decision:
+    """A decision made in the test's process, as the CLI's default configuration makes it."""
+    when = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    return await make_decider(pool).decide(
+        DecisionRequest(caller_id=caller, destination=dest, campaign=campaign, at=when)
+    )
+
+
+@pytest.fixture
 async def other_db(pg_admin_dsn: str, template_dsn: str, db_dsn: str) -> AsyncIterator[str]:
     """A second fresh database, for round trips between two installations."""
     name = db_dsn.rsplit("/", 1)[-1].split("?")[0] + "_other"
@@ -105,8 +132,8 @@ async def count_decisions(dsn: str) -> int:
 # ---- check and decide ----------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("registered")
 async def test_check_answers_in_json_and_records_nothing(cli: Cli, db_dsn: str) -> None:
-    await cli.ok("callerid", "add", CID)
     run = await cli.ok("check", CID, "(212) 264-1234", "--at", T0, "--json")
     payload = run.json()
     assert {"verdict", "rule", "evidence", "decision_id"} <= set(payload)
@@ -117,8 +144,8 @@ async def test_check_answers_in_json_and_records_nothing(cli: Cli, db_dsn: str) 
     assert await count_decisions(db_dsn) == 0
 
 
+@pytest.mark.usefixtures("registered")
 async def test_decide_records_and_a_deny_exits_zero_with_its_rule(cli: Cli, db_dsn: str) -> None:
-    await cli.ok("callerid", "add", CID)
     first = await cli.decide(T0)
     assert first["verdict"] == "allow" and isinstance(first["decision_id"], int)
     second = await cli.decide("2026-03-10T15:00:01Z", CID, "+1 212 264 1234")
@@ -130,9 +157,11 @@ async def test_decide_records_and_a_deny_exits_zero_with_its_rule(cli: Cli, db_d
     assert await count_decisions(db_dsn) == 2
 
 
-async def test_text_output_names_the_verdict_rule_evidence_and_callable_time(cli: Cli) -> None:
-    await cli.ok("callerid", "add", CID)
-    await cli.decide(T0)
+@pytest.mark.usefixtures("registered")
+async def test_text_output_names_the_verdict_rule_evidence_and_callable_time(
+    cli: Cli, pool: asyncpg.Pool
+) -> None:
+    assert (await decide_here(pool, T0)).allowed
     run = await cli.ok("check", CID, DEST, "--at", "2026-03-10T16:00:00+01:00")
     assert run.out.splitlines() == [
         "DENY destination_interval: last attempt at 2026-03-10T15:00:00+00:00, minimum interval 4h",
@@ -141,9 +170,10 @@ async def test_text_output_names_the_verdict_rule_evidence_and_callable_time(cli
 
 
 async def test_invalid_numbers_are_results_not_errors(cli: Cli) -> None:
-    bad_dest = await cli.decide(T0, CID, "not a number")
+    bad_dest, bad_caller = await asyncio.gather(
+        cli.decide(T0, CID, "not a number"), cli.decide(T0, "12", DEST)
+    )
     assert (bad_dest["verdict"], bad_dest["rule"]) == ("deny", "invalid_number")
-    bad_caller = await cli.decide(T0, "12", DEST)
     assert bad_caller["rule"] == "callerid_unknown"
     assert bad_caller["evidence"] == "caller ID '12' is not a valid phone number"
 
@@ -173,17 +203,18 @@ async def test_invalid_config_values_from_the_environment_exit_2_one_line_each(
     assert await count_decisions(db_dsn) == 0
 
 
+@pytest.mark.usefixtures("registered")
 async def test_a_config_file_named_by_flag_is_read(cli: Cli, tmp_path: Path) -> None:
     config = tmp_path / "strict.toml"
     config.write_text("[profiles.default]\ncalling_hours = '12:00-13:00'\n", encoding="utf-8")
-    await cli.ok("callerid", "add", CID)
-    run = await cli.ok("check", CID, DEST, "--at", T0, "--json", "--config", str(config))
+    missing_path = tmp_path / "nope.toml"
+    run, missing = await asyncio.gather(
+        cli.ok("check", CID, DEST, "--at", T0, "--json", "--config", str(config)),
+        cli("check", CID, DEST, "--config", str(missing_path)),
+    )
     assert run.json()["rule"] == "calling_hours"
-    missing = await cli("check", CID, DEST, "--config", str(tmp_path / "nope.toml"))
     assert missing.code == 2
-    assert missing.err_lines == [
-        f"dialguard: config: {tmp_path / 'nope.toml'}: config file not found"
-    ]
+    assert missing.err_lines == [f"dialguard: config: {missing_path}: config file not found"]
 
 
 async def test_a_usage_error_exits_2(cli: Cli) -> None:
@@ -203,8 +234,8 @@ async def test_an_unreachable_database_exits_1_with_one_line(cli: Cli) -> None:
 # ---- outcome -------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("registered")
 async def test_an_answered_outcome_starts_the_conversation_cooldown(cli: Cli) -> None:
-    await cli.ok("callerid", "add", CID)
     first = await cli.decide(T0)
     run = await cli.ok(
         "outcome",
@@ -226,25 +257,28 @@ async def test_an_answered_outcome_starts_the_conversation_cooldown(cli: Cli) ->
     assert later["callable_at"] == "2026-03-17T15:01:00+00:00"
 
 
-async def test_an_outcome_is_recorded_once_and_only_for_an_allowed_call(cli: Cli) -> None:
-    await cli.ok("callerid", "add", CID)
-    allowed = await cli.decide(T0)
-    denied = await cli.decide("2026-03-10T15:00:01Z")
+@pytest.mark.usefixtures("registered")
+async def test_an_outcome_is_recorded_once_and_only_for_an_allowed_call(
+    cli: Cli, pool: asyncpg.Pool
+) -> None:
+    allowed = await decide_here(pool, T0)
+    denied = await decide_here(pool, "2026-03-10T15:00:01Z")
+    assert allowed.decision_id is not None and denied.decision_id is not None
     rejected = await cli.ok(
-        "outcome", str(allowed["decision_id"]), "--cause", "127", "--sip-code", "608", "--json"
+        "outcome", str(allowed.decision_id), "--cause", "127", "--sip-code", "608", "--json"
     )
     assert rejected.json()["outcome"] == "carrier_rejected"
     again, on_denied, negative = await asyncio.gather(
-        cli("outcome", str(allowed["decision_id"]), "--cause", "17"),
-        cli("outcome", str(denied["decision_id"]), "--cause", "16"),
-        cli("outcome", str(allowed["decision_id"]), "--answered-seconds", "-5"),
+        cli("outcome", str(allowed.decision_id), "--cause", "17"),
+        cli("outcome", str(denied.decision_id), "--cause", "16"),
+        cli("outcome", str(allowed.decision_id), "--answered-seconds", "-5"),
     )
     assert again.code == on_denied.code == negative.code == 2
     assert again.err_lines == [
-        f"dialguard: decision {allowed['decision_id']} is not an allowed call awaiting its outcome"
+        f"dialguard: decision {allowed.decision_id} is not an allowed call awaiting its outcome"
     ]
     assert on_denied.err_lines == [
-        f"dialguard: decision {denied['decision_id']} is not an allowed call awaiting its outcome"
+        f"dialguard: decision {denied.decision_id} is not an allowed call awaiting its outcome"
     ]
     assert negative.err_lines == ["dialguard: --answered-seconds cannot be negative"]
 
@@ -259,20 +293,21 @@ async def test_an_outcome_needs_answered_seconds_or_a_cause(cli: Cli) -> None:
 # ---- caller IDs ----------------------------------------------------------------------------
 
 
-async def test_a_rested_caller_id_is_denied_until_released(cli: Cli) -> None:
-    added = (await cli.ok("callerid", "add", "(212) 555-0100", "--json")).json()
-    assert (added["number"], added["state"]) == (CID, "active")
+@pytest.mark.usefixtures("registered")
+async def test_a_rested_caller_id_is_denied_until_released(cli: Cli, pool: asyncpg.Pool) -> None:
     rested = (await cli.ok("callerid", "rest", CID, "--reason", "complaints", "--json")).json()
-    assert (rested["state"], rested["reason"]) == ("rested", "complaints")
-    denied = await cli.decide(T0)
-    assert denied["rule"] == "callerid_rested" and "(complaints)" in denied["evidence"]
+    assert (rested["number"], rested["state"], rested["reason"]) == (CID, "rested", "complaints")
+    denied = await decide_here(pool, T0)
+    assert denied.rule is not None and denied.rule.value == "callerid_rested"
+    assert "(complaints)" in denied.evidence
     released = await cli.ok("callerid", "release", CID)
     assert released.out.strip() == f"{CID}: active"
-    assert (await cli.decide("2026-03-10T15:00:01Z"))["verdict"] == "allow"
+    assert (await decide_here(pool, "2026-03-10T15:00:01Z")).allowed
 
 
-async def test_releasing_a_retired_caller_id_exits_2(cli: Cli) -> None:
-    await cli.ok("callerid", "add", CID)
+async def test_releasing_a_retired_caller_id_exits_2(cli: Cli, pool: asyncpg.Pool) -> None:
+    added = (await cli.ok("callerid", "add", "(212) 555-0100", "--json")).json()
+    assert (added["number"], added["state"]) == (CID, "active")
     retired = await cli.ok("callerid", "retire", CID, "--reason", "number returned")
     assert retired.out.strip() == f"{CID}: retired"
     release, listed = await asyncio.gather(
@@ -283,11 +318,12 @@ async def test_releasing_a_retired_caller_id_exits_2(cli: Cli) -> None:
     assert [(r["number"], r["state"], r["reason"]) for r in listed.json()] == [
         (CID, "retired", "number returned")
     ]
-    assert (await cli.decide(T0))["rule"] == "callerid_rested"
+    denied = await decide_here(pool, T0)
+    assert denied.rule is not None and denied.rule.value == "callerid_rested"
 
 
+@pytest.mark.usefixtures("registered")
 async def test_a_rest_defaults_to_the_manual_reason(cli: Cli) -> None:
-    await cli.ok("callerid", "add", CID)
     rested = (await cli.ok("callerid", "rest", CID, "--json")).json()
     assert rested["reason"] == "manual"
 
@@ -304,21 +340,27 @@ async def test_caller_id_commands_refuse_unknown_and_invalid_numbers(cli: Cli) -
     assert missing.err_lines == ["dialguard: callerid add needs a NUMBER"]
 
 
-async def test_caller_ids_are_listed_by_state(cli: Cli) -> None:
-    await cli.ok("callerid", "add", "+12125550101")
+async def test_caller_ids_are_listed_by_state(cli: Cli, pool: asyncpg.Pool) -> None:
     await cli.ok("callerid", "add", CID, "--campaign", "spring")
-    await cli.ok("callerid", "rest", "+12125550101")
-    rested = (await cli.ok("callerid", "list", "--state", "rested", "--json")).json()
-    assert [r["number"] for r in rested] == ["+12125550101"]
-    everything = await cli.ok("callerid", "list")
+    store = CallerIdStore(pool)
+    await store.add("+12125550101", None)
+    await store.set_state("+12125550101", "rested", "manual")
+    rested, everything = await asyncio.gather(
+        cli.ok("callerid", "list", "--state", "rested", "--json"), cli.ok("callerid", "list")
+    )
+    assert [r["number"] for r in rested.json()] == ["+12125550101"]
     lines = everything.out.splitlines()
-    assert len(lines) == 2 and lines[0].startswith(CID) and "active" in lines[0]
+    assert len(lines) == 2
+    assert lines[0].split() == [CID, "active"]
+    assert lines[1].split() == ["+12125550101", "rested", "manual"]
 
 
 # ---- campaigns -----------------------------------------------------------------------------
 
 
-async def test_campaign_set_applies_profile_and_overrides_to_the_next_decision(cli: Cli) -> None:
+async def test_campaign_set_with_a_comma_list_overrides_the_profiles_caps(
+    cli: Cli, pool: asyncpg.Pool
+) -> None:
     run = await cli.ok(
         "campaign",
         "set",
@@ -340,24 +382,29 @@ async def test_campaign_set_applies_profile_and_overrides_to_the_next_decision(c
         "destination_min_interval": "off",
         "require_registered_callerid": "false",
     }
-    spring = ("--campaign", "spring")
-    # b2b alone allows two calls a day; the override allows three.
-    verdicts = [
-        await cli.decide(f"2026-03-10T{hour}:00:00Z", CID, DEST, *spring)
-        for hour in (13, 14, 15, 16)
-    ]
-    assert [v["rule"] for v in verdicts] == [None, None, None, "destination_cap"]
-    assert verdicts[3]["evidence"] == "3 attempts in the last 24h, limit 3"
-    # b2b's office hours (09:00-18:00) hold: 18:00 in New York is closed.
-    evening = await cli.decide("2026-03-10T22:00:00Z", CID, "+12122641299", *spring)
-    assert evening["rule"] == "calling_hours"
-    # A change applies to the very next decision.
-    await cli.ok("campaign", "set", "spring", "--set", "destination_caps=off")
-    fifth = await cli.decide("2026-03-10T17:00:00Z", CID, DEST, *spring)
-    assert fifth["verdict"] == "allow"
+    # b2b alone allows two calls a day; the override allows a third and no fourth.
+    for hour in (13, 14):
+        assert (await decide_here(pool, f"2026-03-10T{hour}:00:00Z", campaign="spring")).allowed
+    third = await cli.decide("2026-03-10T15:00:00Z", CID, DEST, "--campaign", "spring")
+    assert third["verdict"] == "allow"
+    fourth = await cli.decide("2026-03-10T16:00:00Z", CID, DEST, "--campaign", "spring")
+    assert fourth["rule"] == "destination_cap"
+    assert fourth["evidence"] == "3 attempts in the last 24h, limit 3"
 
 
-async def test_every_bad_set_value_is_reported_and_nothing_is_saved(cli: Cli) -> None:
+@pytest.mark.usefixtures("registered")
+async def test_a_campaign_change_applies_to_the_next_decision(cli: Cli) -> None:
+    evening = ("check", CID, DEST, "--campaign", "spring", "--at", "2026-03-10T22:00:00Z")
+    await cli.ok("campaign", "set", "spring", "--profile", "b2b")
+    # b2b's office hours are 09:00-18:00: 18:00 in New York is closed.
+    assert (await cli.ok(*evening, "--json")).json()["rule"] == "calling_hours"
+    await cli.ok("campaign", "set", "spring", "--set", "calling_hours=00:00-24:00")
+    assert (await cli.ok(*evening, "--json")).json()["verdict"] == "allow"
+
+
+async def test_every_bad_set_value_is_reported_and_nothing_is_saved(
+    cli: Cli, pool: asyncpg.Pool
+) -> None:
     run = await cli(
         "campaign",
         "set",
@@ -382,8 +429,8 @@ async def test_every_bad_set_value_is_reported_and_nothing_is_saved(cli: Cli) ->
         "campaign spring.destination_caps: expected a duration",
     ):
         assert part in line
-    shown = (await cli.ok("campaign", "show", "spring", "--json")).json()
-    assert shown["overrides"] == {} and "version" not in shown
+    rows = await pool.fetch("SELECT name FROM campaigns")
+    assert rows == []
 
 
 async def test_campaign_set_refuses_an_unknown_profile(cli: Cli) -> None:
@@ -392,67 +439,75 @@ async def test_campaign_set_refuses_an_unknown_profile(cli: Cli) -> None:
     assert run.err_lines == ["dialguard: unknown profile 'b2x' (known: b2b, b2c, default, finance)"]
 
 
-async def test_a_paused_campaign_denies_until_resumed(cli: Cli) -> None:
-    await cli.ok("callerid", "add", CID)
+@pytest.mark.usefixtures("registered")
+async def test_a_paused_campaign_denies_until_resumed(cli: Cli, pool: asyncpg.Pool) -> None:
     paused = (await cli.ok("campaign", "pause", "spring", "--reason", "review", "--json")).json()
     assert paused["paused"] is True and paused["pause_reason"] == "review"
     shown = (await cli.ok("campaign", "show", "spring", "--json")).json()
     assert shown["paused"] is True and shown["profile"] == "default"
-    denied = await cli.decide(T0, CID, DEST, "--campaign", "spring")
-    assert denied["rule"] == "campaign_paused"
-    assert denied["evidence"] == "campaign spring is paused (review)"
+    denied = await decide_here(pool, T0, campaign="spring")
+    assert denied.rule is not None and denied.rule.value == "campaign_paused"
+    assert denied.evidence == "campaign spring is paused (review)"
     resumed = (await cli.ok("campaign", "resume", "spring", "--json")).json()
-    assert resumed["paused"] is False
-    allowed = await cli.decide("2026-03-10T15:00:01Z", CID, DEST, "--campaign", "spring")
-    assert allowed["verdict"] == "allow"
+    assert resumed["paused"] is False and resumed["pause_reason"] is None
+    assert (await decide_here(pool, "2026-03-10T15:00:01Z", campaign="spring")).allowed
 
 
 async def test_showing_a_campaign_never_set_shows_the_defaults(cli: Cli) -> None:
-    shown = (await cli.ok("campaign", "show", "autumn", "--json")).json()
-    assert shown == {"name": "autumn", "profile": "default", "overrides": {}, "paused": False}
-    missing = await cli("campaign", "pause")
+    shown, missing = await asyncio.gather(
+        cli.ok("campaign", "show", "autumn", "--json"), cli("campaign", "pause")
+    )
+    assert shown.json() == {
+        "name": "autumn",
+        "profile": "default",
+        "overrides": {},
+        "paused": False,
+    }
     assert missing.code == 2 and missing.err_lines == ["dialguard: campaign pause needs a NAME"]
 
 
 # ---- blacklist -----------------------------------------------------------------------------
 
 
-async def test_a_blacklisted_number_is_denied_until_removed(cli: Cli) -> None:
-    await cli.ok("callerid", "add", CID)
+@pytest.mark.usefixtures("registered")
+async def test_a_blacklisted_number_is_denied_until_removed(cli: Cli, pool: asyncpg.Pool) -> None:
     added = await cli.ok("blacklist", "add", "(212) 264-1234", "--reason", "asked", "--json")
     assert added.json()["number"] == DEST and added.json()["source"] == "manual"
-    denied = await cli.decide(T0)
-    assert denied["rule"] == "blacklisted"
-    assert denied["evidence"] == f"number {DEST} is on the global blacklist (source manual)"
+    denied = await decide_here(pool, T0)
+    assert denied.rule is not None and denied.rule.value == "blacklisted"
+    assert denied.evidence == f"number {DEST} is on the global blacklist (source manual)"
     removed = await cli.ok("blacklist", "remove", DEST)
     assert removed.out.strip() == f"removed {DEST}"
-    assert (await cli.decide("2026-03-10T15:00:01Z"))["verdict"] == "allow"
+    assert (await decide_here(pool, "2026-03-10T15:00:01Z")).allowed
     again = await cli("blacklist", "remove", DEST)
     assert again.code == 2 and again.err_lines == [f"dialguard: {DEST} is not on that blacklist"]
 
 
-async def test_a_blacklisted_prefix_denies_every_number_under_it(cli: Cli) -> None:
-    _, added = await asyncio.gather(
-        cli.ok("callerid", "add", CID),
-        cli.ok("blacklist", "add", "+1718264", "--prefix", "--source", "regulator", "--json"),
+@pytest.mark.usefixtures("registered")
+async def test_a_blacklisted_prefix_denies_every_number_under_it(
+    cli: Cli, pool: asyncpg.Pool
+) -> None:
+    added = await cli.ok(
+        "blacklist", "add", "+1718264", "--prefix", "--source", "regulator", "--json"
     )
     assert added.json()["prefix"] == "+1718264"
-    denied, elsewhere = await asyncio.gather(
-        cli.decide(T0, CID, "+17182641234"), cli.decide(T0, CID, "+17182651234")
-    )
-    assert denied["rule"] == "blacklisted"
-    assert denied["evidence"] == "prefix +1718264 is on the global blacklist (source regulator)"
-    assert elsewhere["verdict"] == "allow"
+    denied = await decide_here(pool, T0, "+17182641234")
+    assert denied.rule is not None and denied.rule.value == "blacklisted"
+    assert denied.evidence == "prefix +1718264 is on the global blacklist (source regulator)"
+    assert (await decide_here(pool, T0, "+17182651234")).allowed
     await cli.ok("blacklist", "remove", "+1718264", "--prefix")
-    assert (await cli.decide("2026-03-10T15:00:01Z", CID, "+17182641234"))["verdict"] == "allow"
+    assert (await decide_here(pool, "2026-03-10T15:00:01Z", "+17182641234")).allowed
 
 
-async def test_a_campaign_blacklist_applies_to_that_campaign_only(cli: Cli) -> None:
-    await cli.ok("callerid", "add", CID)
+@pytest.mark.usefixtures("registered")
+async def test_a_campaign_blacklist_applies_to_that_campaign_only(
+    cli: Cli, pool: asyncpg.Pool
+) -> None:
     await cli.ok("blacklist", "add", DEST, "--campaign", "spring")
-    spring = await cli.decide(T0, CID, DEST, "--campaign", "spring")
-    assert spring["rule"] == "blacklisted" and "campaign blacklist" in spring["evidence"]
-    assert (await cli.decide(T0, CID, DEST, "--campaign", "summer"))["verdict"] == "allow"
+    spring = await decide_here(pool, T0, campaign="spring")
+    assert spring.rule is not None and spring.rule.value == "blacklisted"
+    assert "campaign blacklist" in spring.evidence
+    assert (await decide_here(pool, T0, campaign="summer")).allowed
     global_remove = await cli("blacklist", "remove", DEST)
     assert global_remove.code == 2
 
@@ -469,24 +524,25 @@ async def test_blacklist_values_must_be_numbers_or_e164_prefixes(cli: Cli) -> No
     assert missing.err_lines == ["dialguard: blacklist add needs a VALUE"]
 
 
-async def test_expires_must_carry_an_offset_and_nothing_is_added_without_one(cli: Cli) -> None:
+async def test_expires_must_carry_an_offset_and_nothing_is_added_without_one(
+    cli: Cli, pool: asyncpg.Pool
+) -> None:
     run = await cli("blacklist", "add", DEST, "--expires", "2026-03-10T16:00:00")
     assert run.code == 2
     assert run.err_lines == ["dialguard: time '2026-03-10T16:00:00' has no offset; add Z or +HH:MM"]
-    export = await cli.ok("blacklist", "export")
-    assert export.out.splitlines() == ["value,campaign,source,reason,expires_at"]
+    assert await pool.fetchval("SELECT count(*) FROM blacklist_numbers") == 0
 
 
-async def test_an_entry_with_an_expiry_holds_until_then(cli: Cli) -> None:
-    await cli.ok("callerid", "add", CID)
+@pytest.mark.usefixtures("registered")
+async def test_an_entry_with_an_expiry_holds_until_then(cli: Cli, pool: asyncpg.Pool) -> None:
     added = await cli.ok(
         "blacklist", "add", DEST, "--expires", "2026-03-10T12:00:00-04:00", "--json"
     )
     assert added.json()["expires_at"].startswith("2026-03-10 16:00:00")
-    denied = await cli.decide("2026-03-10T15:59:59Z")
-    assert denied["rule"] == "blacklisted"
-    assert denied["callable_at"] == "2026-03-10T16:00:00+00:00"
-    assert (await cli.decide("2026-03-10T16:00:00Z"))["verdict"] == "allow"
+    denied = await decide_here(pool, "2026-03-10T15:59:59Z")
+    assert denied.rule is not None and denied.rule.value == "blacklisted"
+    assert denied.callable_at == datetime.fromisoformat("2026-03-10T16:00:00+00:00")
+    assert (await decide_here(pool, "2026-03-10T16:00:00Z")).allowed
 
 
 async def test_import_reports_bad_rows_by_line_and_keeps_the_good_ones(cli: Cli) -> None:
@@ -519,9 +575,12 @@ async def test_import_of_a_missing_file_is_a_usage_error(cli: Cli, tmp_path: Pat
 async def test_export_then_import_into_another_database_round_trips_numbers(
     cli: Cli, other_db: str, tmp_path: Path
 ) -> None:
-    await cli.ok("blacklist", "import", str(FIXTURES / "blacklist_with_bad_rows.csv"))
-    await cli.ok("blacklist", "add", "+442079460018", "--campaign", "uk", "--source", "tps")
+    await asyncio.gather(
+        cli.ok("blacklist", "import", str(FIXTURES / "blacklist_with_bad_rows.csv")),
+        cli.ok("blacklist", "add", "+442079460018", "--campaign", "uk", "--source", "tps"),
+    )
     exported = (await cli.ok("blacklist", "export")).out
+    assert len(exported.splitlines()) == 6
     dump = tmp_path / "export.csv"
     dump.write_text(exported, encoding="utf-8")
     other = Cli(other_db, tmp_path)
@@ -539,8 +598,10 @@ async def test_export_then_import_into_another_database_round_trips_numbers(
 async def test_export_then_import_round_trips_prefixes(
     cli: Cli, other_db: str, tmp_path: Path
 ) -> None:
-    await cli.ok("blacklist", "add", "+1718264", "--prefix")
-    await cli.ok("blacklist", "add", "+44", "--prefix", "--campaign", "uk")
+    await asyncio.gather(
+        cli.ok("blacklist", "add", "+1718264", "--prefix"),
+        cli.ok("blacklist", "add", "+44", "--prefix", "--campaign", "uk"),
+    )
     exported = (await cli.ok("blacklist", "export")).out
     dump = tmp_path / "export.csv"
     dump.write_text(exported, encoding="utf-8")

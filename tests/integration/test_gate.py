@@ -195,3 +195,36 @@ async def _poll(check: Callable[[], Any], timeout: float = 5.0) -> Any:
             if result:
                 return result
             await asyncio.sleep(0.02)
+
+
+async def test_missing_allow_label_is_reported_and_the_call_fails_closed(
+    pool: asyncpg.Pool, fake: FakeAsterisk, tmp_path: Path, registered: None
+) -> None:
+    async with running_service(pool, fake, tmp_path, DIALGUARD_GATE_ALLOW_LABEL="alowed") as svc:
+        call = await fake.originate_outbound("2122641234", CALLER)
+        stasis = _stasis_id(call)
+        hangups = await fake.wait_for(
+            lambda: [
+                r for r in fake.requests if r.method == "DELETE" and r.path == f"/channels/{stasis}"
+            ]
+        )
+        assert hangups[0].query == {"reason_code": "21"}
+        value = svc.registry.get_sample_value("dialguard_dialplan_misconfigured_total")
+        assert value == 1.0
+
+
+async def test_application_replaced_marks_the_instance_not_ready(
+    pool: asyncpg.Pool, fake: FakeAsterisk, tmp_path: Path
+) -> None:
+    import aiohttp
+
+    async with running_service(pool, fake, tmp_path) as service:
+        assert service.gate.ready
+        async with aiohttp.ClientSession() as session:
+            ws = await session.ws_connect(
+                f"{fake.base_url}/events?app=dialguard",
+                headers={"Authorization": aiohttp.encode_basic_auth("dialguard", "dialguard")},
+            )
+            await fake.wait_for(lambda: not service.gate.ready)
+            assert service.readiness()[1]["replaced"] is True
+            await ws.close()

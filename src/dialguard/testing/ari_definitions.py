@@ -81,6 +81,14 @@ class AriDefinitions:
                     operations.append(_operation(api["path"], op))
         return cls(operations)
 
+    @staticmethod
+    def document(name: str) -> bytes | None:
+        """The bytes of one bundled api-docs file ("channels.json"), None if there is none."""
+        if "/" in name or not name.endswith(".json"):
+            return None
+        entry = resources.files(_DOCS_PACKAGE).joinpath(_DOCS_DIR).joinpath(name)
+        return entry.read_bytes() if entry.is_file() else None
+
     def match(self, method: str, path: str) -> tuple[Operation, dict[str, str]]:
         """Find the operation for a path below /ari; RouteNotFound / MethodNotAllowed."""
         path_found = False

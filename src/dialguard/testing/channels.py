@@ -51,6 +51,7 @@ class FakeChannel:
     protocol_id: str = ""
     creationtime: str = field(default_factory=ari_now)
     endpoint: str | None = None  # "PJSIP/carrier": what endpoint subscriptions match
+    dialed: str = ""  # the number a channel made by POST /channels/create calls once dialed
     variables: dict[str, str] = field(default_factory=dict)
     stasis_app: str | None = None
     stasis_args: tuple[str, ...] = ()

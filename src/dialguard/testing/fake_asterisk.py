@@ -105,6 +105,7 @@ class FakeAsterisk:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("GET", "/ari/events", self._events_socket)
+        app.router.add_route("GET", "/ari/api-docs/{name}", self._api_docs)
         app.router.add_route("*", "/ari/{tail:.*}", self._rest)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
@@ -361,6 +362,19 @@ class FakeAsterisk:
             self._apps.detach(sock)
         return ws
 
+    async def _api_docs(self, request: web.Request) -> web.StreamResponse:
+        """The Swagger documents, as Asterisk serves them below /ari/api-docs/."""
+        path = request.path[len("/ari") :]
+        if not self._authorized(request):
+            return self._answer(request, path, dict(request.query), None, 401, _AUTH_REQUIRED)
+        document = self._definitions.document(request.match_info["name"])
+        if document is None:
+            return self._answer(
+                request, path, dict(request.query), None, 404, {"message": "Resource not found"}
+            )
+        self._record(request.method, path, dict(request.query), None, 200, None)
+        return web.Response(body=document, content_type="application/json")
+
     async def _rest(self, request: web.Request) -> web.StreamResponse:
         path = request.path[len("/ari") :] or "/"
         query = dict(request.query)
@@ -399,8 +413,9 @@ class FakeAsterisk:
             )
         params: dict[str, Any] = dict(query)
         if isinstance(body, dict):
-            for key, value in body.items():
-                params.setdefault(key, value)
+            # Asterisk reads the query first, then lets the JSON body override it
+            # (ast_ari_channels_originate_parse_body runs on the body afterwards).
+            params.update(body)
         status, payload = await handler(self._pbx, path_params, params)
         return self._answer(request, path, query, body, status, payload)
 

@@ -38,7 +38,7 @@ from dialguard.testing.causes import (
     dial_status_for,
     dialstatus_variable_for,
 )
-from dialguard.testing.channels import Call, ChannelIds, FakeChannel, Via
+from dialguard.testing.channels import Call, ChannelIds, FakeChannel, Via, parse_caller_id
 from dialguard.testing.outcomes import Outcome
 
 log = logging.getLogger(__name__)
@@ -185,10 +185,23 @@ class Pbx:
     # -- channel creation --------------------------------------------------------------------
 
     def new_channel(
-        self, name: str, state: str, context: str, exten: str, **kw: Any
+        self,
+        name: str,
+        state: str,
+        context: str,
+        exten: str,
+        *,
+        channel_id: str | None = None,
+        **kw: Any,
     ) -> FakeChannel:
+        """A new channel; `channel_id` is the id an originate or create asked for (channelId)."""
         ch = FakeChannel(
-            id=self._ids.unique_id(), name=name, state=state, context=context, exten=exten, **kw
+            id=channel_id or self._ids.unique_id(),
+            name=name,
+            state=state,
+            context=context,
+            exten=exten,
+            **kw,
         )
         self.channels[ch.id] = ch
         return ch
@@ -602,6 +615,7 @@ class Pbx:
         app_args: tuple[str, ...] = (),
         context: str = "default",
         exten: str = "s",
+        channel_id: str | None = None,
     ) -> Call:
         """A channel straight to the trunk (AMI/ARI originate to PJSIP/<num>@carrier)."""
         call = Call(
@@ -614,11 +628,16 @@ class Pbx:
             originate_exten=exten,
         )
         self.calls.append(call)
-        call.task = self.spawn(self._direct(call, endpoint, app, app_args))
+        call.task = self.spawn(self._direct(call, endpoint, app, app_args, channel_id))
         return call
 
     async def _direct(
-        self, call: Call, endpoint: str, app: str | None, app_args: tuple[str, ...]
+        self,
+        call: Call,
+        endpoint: str,
+        app: str | None,
+        app_args: tuple[str, ...],
+        channel_id: str | None,
     ) -> None:
         resource = endpoint.split("/", 1)[1]
         trunk = self.new_channel(
@@ -626,6 +645,7 @@ class Pbx:
             "Down",
             "default",
             "s",
+            channel_id=channel_id,
             call=call,
             endpoint=endpoint,
             caller_name=call.caller_name,
@@ -673,14 +693,33 @@ class Pbx:
     # -- channels created in Stasis (POST /channels/create, then /dial) ----------------------
 
     async def create_in_stasis(
-        self, endpoint: str, app: str, app_args: tuple[str, ...], number: str
+        self,
+        endpoint: str,
+        app: str,
+        app_args: tuple[str, ...],
+        number: str,
+        *,
+        channel_id: str | None = None,
+        variables: dict[str, str] | None = None,
     ) -> FakeChannel:
+        """POST /channels/create: a Down channel in Stasis that calls `number` once dialed.
+
+        `variables` are set on it as Asterisk does, CALLERID(...) functions included; nothing
+        else sets a created channel's caller ID (create has no callerId parameter).
+        """
         trunk_endpoint = self.trunk_for(endpoint)
         resource = (trunk_endpoint or endpoint).split("/", 1)[1].split("@")[-1]
         ch = self.new_channel(
-            self._ids.pjsip_name(resource), "Down", "default", "s", endpoint=trunk_endpoint
+            self._ids.pjsip_name(resource),
+            "Down",
+            "default",
+            "s",
+            channel_id=channel_id,
+            endpoint=trunk_endpoint,
+            dialed=number,
         )
-        ch.caller_number = number
+        for name, value in (variables or {}).items():
+            _set_originate_variable(ch, name, value)
         ch.set_dialplan(1, "Stasis", ",".join((app, *app_args)))
         await self.emit_channel("ChannelCreated", ch)
         if self.apps.get(app) is not None:
@@ -691,10 +730,16 @@ class Pbx:
         return ch
 
     async def dial_created(self, ch: FakeChannel, caller: FakeChannel | None) -> None:
-        """POST /channels/{id}/dial on a created channel: the outcome for its number."""
-        outcome = self.outcome_for(ch.caller_number)
+        """POST /channels/{id}/dial on a created channel: the outcome for its number.
+
+        With a `caller`, the dialed channel's connected line becomes the caller's ID (what the
+        far end is shown), as ast_connected_line_copy_from_caller() does.
+        """
+        outcome = self.outcome_for(ch.dialed)
         resource = ch.name.split("/", 1)[1].rsplit("-", 1)[0]
-        await self.dial_event(caller, ch, "", f"{ch.caller_number}@{resource}")
+        if caller is not None:
+            ch.connected_name, ch.connected_number = caller.caller_name, caller.caller_number
+        await self.dial_event(caller, ch, "", f"{ch.dialed}@{resource}")
         ch.state = "Ringing"
         await self.emit_channel("ChannelStateChange", ch)
         await self.dial_event(caller, ch, "RINGING", "")
@@ -719,6 +764,19 @@ _PRESENTATION = {
     "caller_presentation": 0,
     "caller_presentation_txt": "Presentation Allowed, Not Screened",
 }
+
+
+def _set_originate_variable(ch: FakeChannel, name: str, value: str) -> None:
+    """One entry of an originate/create `variables` object: a function or a variable."""
+    if name in ("CALLERID(num)", "CALLERID(number)"):
+        ch.caller_number = value
+    elif name == "CALLERID(name)":
+        ch.caller_name = value
+    elif name == "CALLERID(all)":
+        ch.caller_name, ch.caller_number = parse_caller_id(value)
+    else:
+        # Asterisk reads "_VAR" and "__VAR" (inheritance marks) back as VAR.
+        ch.variables[name.lstrip("_")] = value
 
 
 def _substitute(template: str, ch: FakeChannel) -> str:

@@ -68,6 +68,8 @@ async def get_channel(pbx: Pbx, path: dict[str, str], params: dict[str, Any]) ->
 
 
 async def originate(pbx: Pbx, path: dict[str, str], params: dict[str, Any]) -> Reply:
+    if _requested_id(path, params) in pbx.channels:
+        return _error(409, "Channel with given unique ID already exists")
     endpoint = str(params.get("endpoint") or "")
     if not endpoint:
         return _error(400, "Endpoint must be specified")
@@ -118,6 +120,7 @@ async def originate(pbx: Pbx, path: dict[str, str], params: dict[str, Any]) -> R
         app_args=app_args,
         context=str(params.get("context") or "default"),
         exten=str(extension) if extension else "s",
+        channel_id=_requested_id(path, params),
     )
     await asyncio.wait_for(call.created.wait(), _CREATED_TIMEOUT)
     assert call.trunk is not None
@@ -125,9 +128,13 @@ async def originate(pbx: Pbx, path: dict[str, str], params: dict[str, Any]) -> R
 
 
 async def originate_with_id(pbx: Pbx, path: dict[str, str], params: dict[str, Any]) -> Reply:
-    if path["channelId"] in pbx.channels:
-        return _error(409, "Channel with given unique ID already exists")
     return await originate(pbx, path, params)
+
+
+def _requested_id(path: dict[str, str], params: dict[str, Any]) -> str | None:
+    """The unique id asked for: the path's channelId, else the channelId parameter."""
+    value = path.get("channelId") or params.get("channelId")
+    return str(value) if value else None
 
 
 async def hangup(pbx: Pbx, path: dict[str, str], params: dict[str, Any]) -> Reply:
@@ -200,9 +207,19 @@ async def create(pbx: Pbx, path: dict[str, str], params: dict[str, Any]) -> Repl
     tech, _, device = endpoint.partition("/")
     if tech not in ("PJSIP", "Local") or not device:
         return _ALLOCATION_FAILED
+    channel_id = _requested_id(path, params)
+    if channel_id in pbx.channels:
+        return _error(409, "Channel with given unique ID already exists")
     app_args = tuple(str(params["appArgs"]).split(",")) if params.get("appArgs") else ()
     number = device.split("@", 1)[0]
-    ch = await pbx.create_in_stasis(endpoint, str(params["app"]), app_args, number)
+    ch = await pbx.create_in_stasis(
+        endpoint,
+        str(params["app"]),
+        app_args,
+        number,
+        channel_id=channel_id,
+        variables=dict(params.get("variables") or {}),
+    )
     return 200, pbx.snapshot(ch)
 
 
