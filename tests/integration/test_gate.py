@@ -186,10 +186,10 @@ async def test_trunk_outcomes_are_recorded_from_channel_destroyed(
     assert (row["outcome"], row["cause"], row["sip_code"]) == (expected, cause, sip)
 
 
-async def _poll(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+async def _poll(check: Callable[[], Any], within: float = 5.0) -> Any:
     import asyncio
 
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within):
         while True:
             result = await check()
             if result:

@@ -119,7 +119,7 @@ async def _run_outage(
     ) as service:
 
         async def place(n: int) -> None:
-            for i in range(n):
+            for _ in range(n):
                 calls.append(await fake.originate_outbound(f"21226{len(calls):05d}", CALLER))
                 await asyncio.sleep(0.02)
 
@@ -132,7 +132,7 @@ async def _run_outage(
             lambda: all(verdict_of(fake, _stasis_id(c)) for c in calls), timeout=10.0
         )
         if fail_mode == "open":
-            await _poll(lambda: _spool_empty(service), timeout=10.0)
+            await _poll(lambda: _spool_empty(service), within=10.0)
         verdicts = {_stasis_id(c): verdict_of(fake, _stasis_id(c)) or "" for c in calls}
     return calls, verdicts, pool
 
@@ -147,7 +147,7 @@ async def _allowed_in_db(pool: asyncpg.Pool) -> set[str]:
             rows = await conn.fetch("SELECT destination FROM decisions WHERE allowed")
         return {r["destination"] for r in rows}
 
-    return await _poll(fetch, timeout=10.0)
+    return await _poll(fetch, within=10.0)
 
 
 async def test_database_outage_fails_closed_and_every_call_is_answered(
