@@ -63,8 +63,8 @@ async def serve_process(
             await proc.wait()
 
 
-async def wait_ready(server: ServeProcess, timeout: float = 20.0) -> None:
-    async with aiohttp.ClientSession() as session, asyncio.timeout(timeout):
+async def wait_ready(server: ServeProcess, within: float = 20.0) -> None:
+    async with aiohttp.ClientSession() as session, asyncio.timeout(within):
         while True:
             if server.proc.returncode is not None:
                 err = await server.proc.stderr.read() if server.proc.stderr else b""
