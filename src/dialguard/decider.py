@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from dialguard.numbers import time_zones, try_normalise
 from dialguard.policy.checks import precheck
-from dialguard.policy.codes import Rule, Verdict
+from dialguard.policy.codes import DEFAULT_CAMPAIGN, Rule, Verdict
 from dialguard.policy.evidence import callable_at, explain
 from dialguard.policy.model import Decision, DecisionRequest, Facts
 from dialguard.policy.profile import Profile, ProfileError, build_profile
@@ -26,7 +26,6 @@ from dialguard.store.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CAMPAIGN = "default"
 
 
 class DecisionMetrics(Protocol):

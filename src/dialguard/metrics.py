@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from dialguard.policy.codes import (
     CARRIER_REJECTION_LABELS,
     COMPLAINT_SOURCES,
+    DEFAULT_CAMPAIGN,
     CallerIdState,
     Outcome,
     RestReason,
@@ -51,7 +52,6 @@ __all__ = [
 ]
 
 # The campaign label of a call that names no campaign.
-DEFAULT_CAMPAIGN: Final = "default"
 # The rule label of an allow: the rule label is never empty, so queries can match on it.
 NO_RULE: Final = "none"
 # Where values beyond the cardinality bound go, instead of growing Prometheus without limit.

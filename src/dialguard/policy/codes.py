@@ -63,3 +63,6 @@ CARRIER_REJECT_SIP_CODES: frozenset[int] = frozenset({403, 603, 607, 608})
 CARRIER_REJECTION_LABELS: tuple[str, ...] = ("q850_21", "sip_403", "sip_603", "sip_607", "sip_608")
 
 COMPLAINT_SOURCES: tuple[str, ...] = ("carrier", "12321", "regulator", "crm", "internal")
+
+# A call without a campaign, or in a campaign never set, belongs to this one (profile `default`).
+DEFAULT_CAMPAIGN = "default"
