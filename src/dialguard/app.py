@@ -9,6 +9,7 @@ import signal
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -27,9 +28,15 @@ log = logging.getLogger(__name__)
 
 
 class SettingsProfiles:
-    """Profiles by name from the settings: the ProfileSource the decider reads."""
+    """Profiles by name from the settings: the ProfileSource the decider reads.
+
+    ``update`` swaps in the profiles of a reloaded configuration (SIGHUP).
+    """
 
     def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def update(self, settings: Settings) -> None:
         self._settings = settings
 
     def raw(self, name: str) -> Mapping[str, Any] | None:
@@ -64,11 +71,12 @@ def build_decider(
     metrics: DecisionMetrics | None = None,
     spool: FailOpenSpool | None = None,
     deadline: float | None = None,
+    profiles: SettingsProfiles | None = None,
 ) -> Decider:
     return Decider(
         decisions=stores.decisions,
         campaigns=stores.campaigns,
-        profiles=SettingsProfiles(settings),
+        profiles=profiles or SettingsProfiles(settings),
         numbers=NumberPolicy(settings.numbers.default_region, settings.numbers.fallback_timezone),
         metrics=metrics,
         deadline=settings.gate.decision_deadline if deadline is None else deadline,
@@ -147,7 +155,10 @@ class Service:
         )
         self.tasks = TaskSet()
         self.spool = Spool(settings.gate.spool_dir, lambda rows: insert_spooled(stores.pool, rows))
-        self.decider = build_decider(settings, stores, metrics=self.metrics, spool=self.spool)
+        self.profiles = SettingsProfiles(settings)
+        self.decider = build_decider(
+            settings, stores, metrics=self.metrics, spool=self.spool, profiles=self.profiles
+        )
         self._session = aiohttp.ClientSession()
         self.ari = AriClient(
             settings.ari.url,
@@ -190,6 +201,24 @@ class Service:
         )
         self._runners: list[Any] = []
         self._housekeeping: asyncio.Task[None] | None = None
+
+    def reload_profiles(self, config_path: Path | None) -> bool:
+        """Re-read the configuration and apply its profiles to the next decisions.
+
+        Only profiles change without a restart; a broken file leaves the running ones in place.
+        """
+        from dialguard.config import ConfigError, load_settings
+
+        try:
+            fresh = load_settings(config_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload refused: config: %s", problem)
+            return False
+        self.profiles.update(fresh)
+        self.decider.forget()
+        log.info("profiles reloaded from %s", fresh.source)
+        return True
 
     def readiness(self) -> tuple[bool, dict[str, bool]]:
         return self.gate.ready, self.gate.status()
@@ -259,8 +288,10 @@ class Service:
             await asyncio.sleep(15)
 
 
-async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> int:
-    """Run until SIGTERM/SIGINT (or ``stop`` is set); returns the exit code."""
+async def serve(
+    settings: Settings, *, config_path: Path | None = None, stop: asyncio.Event | None = None
+) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop`` is set); SIGHUP reloads the profiles."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -268,6 +299,8 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> int
             loop.add_signal_handler(sig, stop.set)
     async with open_stores(settings) as stores:
         service = Service(settings, stores)
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, service.reload_profiles, config_path)
         try:
             await service.start()
         except OSError as exc:

@@ -446,8 +446,9 @@ async def _blacklist_import(settings: Settings, stores: Stores, args: argparse.N
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from dialguard.app import StartupError, serve
 
+    config_path = find_config_file(getattr(args, "config", None), _environ())
     try:
-        return int(await serve(settings))
+        return int(await serve(settings, config_path=config_path))
     except StartupError as exc:
         print(f"dialguard: {exc}", file=sys.stderr)
         return 1

@@ -180,3 +180,28 @@ async def test_port_in_use_is_one_line_and_exit_1(db_dsn: str, tmp_path: Path) -
     text = err.decode()
     assert "Traceback" not in text
     assert "cannot listen" in text
+
+
+async def test_sighup_reloads_profiles_for_the_next_decision(
+    pool: asyncpg.Pool, db_dsn: str, fake: FakeAsterisk, tmp_path: Path
+) -> None:
+    await CallerIdStore(pool).add("+12125550100", None)
+    config = tmp_path / "dialguard.toml"
+    config.write_text('[profiles.default]\ndestination_min_interval = "4h"\n')
+    async with serve_process(db_dsn, fake, tmp_path, DIALGUARD_CONFIG=str(config)) as server:
+        first = await fake.originate_outbound("2122641234", "2125550100")
+        await fake.wait_for(lambda: answered(fake, first))
+        second = await fake.originate_outbound("2122641234", "2125550100")
+        await fake.wait_for(lambda: answered(fake, second))
+        assert answered(fake, second) == "hangup"
+        config.write_text('[profiles.default]\ndestination_min_interval = "off"\n')
+        server.proc.send_signal(signal.SIGHUP)
+        assert server.proc.stderr is not None
+        async with asyncio.timeout(10):
+            while b"profiles reloaded" not in await server.proc.stderr.readline():
+                pass
+        third = await fake.originate_outbound("2122641234", "2125550100")
+        await fake.wait_for(lambda: answered(fake, third))
+        assert answered(fake, third) == "allowed"
+        server.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(server.proc.wait(), 15) == 0
