@@ -279,12 +279,24 @@ class Service:
         await self._session.close()
 
     async def _housekeep(self) -> None:
+        from datetime import UTC, datetime, timedelta
+
+        from dialguard.store.decisions import prune
         from dialguard.store.errors import StoreUnavailable
 
+        retention = self.settings.database.retention
+        next_prune = 0.0
+        loop = asyncio.get_running_loop()
         while True:
             self.outcomes.expire()
             with contextlib.suppress(StoreUnavailable):
                 self.metrics.set_callerid_states(await self.stores.callerids.state_counts())
+                if retention is not None and loop.time() >= next_prune:
+                    cutoff = datetime.now(UTC) - timedelta(seconds=retention)
+                    removed = await prune(self.stores.pool, cutoff)
+                    if removed:
+                        log.info("pruned %d decisions older than %s", removed, cutoff)
+                    next_prune = loop.time() + 3600
             await asyncio.sleep(15)
 
 

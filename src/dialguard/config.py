@@ -42,6 +42,7 @@ class DatabaseSettings:
     url: str | None
     data_dir: Path
     pool_size: int
+    retention: int | None  # seconds of audit log kept; None keeps everything
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +120,7 @@ _SCHEMA: dict[tuple[str, str], tuple[Any, str]] = {
     ("database", "url"): (None, "str?"),
     ("database", "data_dir"): (None, "path?"),
     ("database", "pool_size"): (20, "int"),
+    ("database", "retention"): ("400d", "retention"),
     ("ari", "url"): ("http://127.0.0.1:8088/ari", "url"),
     ("ari", "username"): ("dialguard", "str"),
     ("ari", "password"): ("", "str"),
@@ -198,6 +200,17 @@ def _parse(kind: str, value: Any, where: str) -> Any:
             return int(match.group(1)) / 1000 if match else float(parse_duration(text))
         except ValueSyntaxError as exc:
             raise ValueError(f"expected a duration like 500ms or 2s, got {value!r}") from exc
+    if base == "retention":
+        text = str(value).strip()
+        if text == "off":
+            return None
+        try:
+            seconds = parse_duration(text)
+        except ValueSyntaxError as exc:
+            raise ValueError(str(exc)) from None
+        if seconds < 31 * 86400:
+            raise ValueError(f"keep at least 31d, longer than any rule window, got {value!r}")
+        return seconds
     if base == "failmode":
         if value not in ("closed", "open"):
             raise ValueError(f"expected 'closed' or 'open', got {value!r}")
@@ -305,7 +318,9 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
     if v("proxy", "listen") is not None and not (v("proxy", "username") and v("proxy", "password")):
         raise ConfigError(["proxy.username/proxy.password: required when proxy.listen is set"])
     return Settings(
-        database=DatabaseSettings(v("database", "url"), data_dir, v("database", "pool_size")),
+        database=DatabaseSettings(
+            v("database", "url"), data_dir, v("database", "pool_size"), v("database", "retention")
+        ),
         ari=AriSettings(
             v("ari", "url"),
             v("ari", "username"),

@@ -203,3 +203,16 @@ async def insert_spooled(pool: asyncpg.Pool, rows: list[SpooledDecision]) -> Non
             [r.source for r in rows],
             [r.channel_id for r in rows],
         )
+
+
+async def prune(pool: asyncpg.Pool, before: datetime, *, batch: int = 10_000) -> int:
+    """Delete decisions older than ``before`` (the audit retention); returns how many."""
+    removed = 0
+    while True:
+        async with connection(pool) as conn:
+            status: str = await conn.execute(q("prune_decisions"), before, batch)
+            await conn.execute(q("prune_campaign_callerids"), before)
+        count = int(status.split()[-1])
+        removed += count
+        if count < batch:
+            return removed

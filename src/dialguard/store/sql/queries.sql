@@ -215,3 +215,11 @@ SELECT d.dest,
            AND x.at > $3 - make_interval(secs => $4)) h
         ON bn.source IS NULL AND bp.prefix IS NULL
  WHERE bn.source IS NOT NULL OR bp.prefix IS NOT NULL OR h.ats IS NOT NULL
+
+-- name: prune_decisions
+-- In batches, oldest first, so a large backlog never holds locks for long.
+DELETE FROM decisions
+ WHERE id IN (SELECT id FROM decisions WHERE at < $1 ORDER BY at LIMIT $2)
+
+-- name: prune_campaign_callerids
+DELETE FROM campaign_callerids WHERE last_used_at < $1
