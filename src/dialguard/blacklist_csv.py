@@ -1,8 +1,9 @@
 """Reading blacklist CSV files: streamed, chunked, every bad row reported with its line number.
 
 Columns (header optional): ``number`` (also ``value`` or ``destination``), then optional
-``campaign``, ``source``, ``reason``, ``expires_at`` (ISO 8601 with an offset). A file without a
-header is one number a line, optionally followed by those columns in that order.
+``campaign``, ``source``, ``reason``, ``expires_at`` (ISO 8601 with an offset) and ``kind``
+(``number``, the default, or ``prefix``: what ``dialguard blacklist export`` writes). A file
+without a header is one number a line, optionally followed by those columns in that order.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from dialguard.numbers import InvalidNumber, normalise_for_list
+from dialguard.numbers import InvalidNumber, is_e164_prefix, normalise_for_list
 
 NUMBER_COLUMNS = ("number", "value", "destination")
-OPTIONAL_COLUMNS = ("campaign", "source", "reason", "expires_at")
+OPTIONAL_COLUMNS = ("campaign", "source", "reason", "expires_at", "kind")
 StageRow = tuple[int, str, str, str | None, datetime | None]
+PrefixRow = tuple[str, str, str, str | None, datetime | None]
+"""(E.164 prefix, campaign or '', source, reason, expires_at)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,9 +43,18 @@ def parse_time(text: str) -> datetime:
 
 
 def read_rows(
-    lines: Iterable[str], *, region: str, default_source: str = "import", chunk_size: int = 50_000
+    lines: Iterable[str],
+    *,
+    region: str,
+    default_source: str = "import",
+    chunk_size: int = 50_000,
+    prefixes: list[PrefixRow] | None = None,
 ) -> Iterator[tuple[list[StageRow], list[RowError]]]:
-    """Yield (good rows, errors) per chunk; nothing is held beyond one chunk."""
+    """Yield (good rows, errors) per chunk; nothing is held beyond one chunk.
+
+    Rows of kind ``prefix`` are appended to ``prefixes`` (the caller stores and empties it after
+    each chunk); without that list they are reported as errors.
+    """
     reader = csv.reader(lines)
     columns: list[str] | None = None
     chunk: list[StageRow] = []
@@ -57,19 +69,46 @@ def read_rows(
                 unknown = [c for c in first[1:] if c not in OPTIONAL_COLUMNS]
                 if unknown:
                     errors.append(RowError(line, f"unknown columns {unknown}"))
-                columns = [first[0], *[c for c in first[1:] if c in OPTIONAL_COLUMNS]]
+                # Keep every position, so a value after an unknown column stays in its column.
+                columns = [first[0], *first[1:]]
                 continue
             columns = ["number", *OPTIONAL_COLUMNS]
-        values = dict(zip(columns, (cell.strip() for cell in record), strict=False))
+        values = {
+            name: cell.strip()
+            for name, cell in zip(columns, record, strict=False)
+            if name in OPTIONAL_COLUMNS or name == columns[0]
+        }
         try:
-            chunk.append(_row(values, columns[0], region, default_source))
+            kind = (values.get("kind") or "number").lower()
+            if kind == "prefix" and prefixes is not None:
+                prefixes.append(_prefix_row(values, columns[0], default_source))
+            elif kind in ("number", "prefix"):
+                if kind == "prefix":
+                    raise ValueError("prefix rows are not taken here")
+                chunk.append(_row(values, columns[0], region, default_source))
+            else:
+                raise ValueError(f"kind must be number or prefix, got {kind!r}")
         except (InvalidNumber, ValueError) as exc:
             errors.append(RowError(line, str(exc)))
         if len(chunk) >= chunk_size:
             yield chunk, errors
             chunk, errors = [], []
-    if chunk or errors:
+    if chunk or errors or prefixes:
         yield chunk, errors
+
+
+def _prefix_row(values: dict[str, str], key: str, default_source: str) -> PrefixRow:
+    prefix = values.get(key, "").strip()
+    if not is_e164_prefix(prefix):
+        raise ValueError(f"prefix {prefix!r} must be E.164 like +1718264")
+    expires = values.get("expires_at") or ""
+    return (
+        prefix,
+        values.get("campaign") or "",
+        values.get("source") or default_source,
+        values.get("reason") or None,
+        parse_time(expires) if expires else None,
+    )
 
 
 def _row(values: dict[str, str], key: str, region: str, default_source: str) -> StageRow:

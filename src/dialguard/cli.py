@@ -22,7 +22,7 @@ from typing import Any, NoReturn, TextIO
 
 from dialguard import __version__
 from dialguard.app import Stores, build_decider, open_stores
-from dialguard.blacklist_csv import parse_time, read_rows
+from dialguard.blacklist_csv import PrefixRow, parse_time, read_rows
 from dialguard.config import ConfigError, Settings, find_config_file, load_settings
 from dialguard.numbers import InvalidNumber, is_e164_prefix, normalise
 from dialguard.policy.codes import CallerIdState
@@ -376,11 +376,12 @@ async def cmd_blacklist(settings: Settings, args: argparse.Namespace) -> int:
     async with open_stores(settings) as stores:
         if args.action == "export":
             writer = csv.writer(sys.stdout)
-            writer.writerow(["value", "campaign", "source", "reason", "expires_at"])
+            writer.writerow(["value", "campaign", "source", "reason", "expires_at", "kind"])
             async for row in stores.blacklist.export():
                 expires = row["expires_at"].isoformat() if row["expires_at"] else ""
+                reason = row["reason"] or ""
                 writer.writerow(
-                    [row["value"], row["campaign"], row["source"], row["reason"] or "", expires]
+                    [row["value"], row["campaign"], row["source"], reason, expires, row["kind"]]
                 )
             return 0
         if not args.value:
@@ -419,9 +420,13 @@ async def _blacklist_import(settings: Settings, stores: Stores, args: argparse.N
         raise UsageError(f"cannot read {path}: no such file")
     started = time.perf_counter()
     imported = bad = 0
+    prefixes: list[PrefixRow] = []
     with path.open(newline="", encoding="utf-8", errors="replace") as handle:
         chunks = read_rows(
-            handle, region=settings.numbers.default_region, default_source=args.source or "import"
+            handle,
+            region=settings.numbers.default_region,
+            default_source=args.source or "import",
+            prefixes=prefixes,
         )
         for rows, errors in chunks:
             for error in errors:
@@ -429,6 +434,9 @@ async def _blacklist_import(settings: Settings, stores: Stores, args: argparse.N
             bad += len(errors)
             if rows:
                 imported += await stores.blacklist.import_chunk(rows)
+            if prefixes:
+                imported += await stores.blacklist.import_prefixes(prefixes)
+                prefixes.clear()
             rate = imported / max(time.perf_counter() - started, 1e-9)
             print(
                 f"\rimported {imported:,} rows ({rate:,.0f}/s), {bad} bad", end="", file=sys.stderr

@@ -149,6 +149,7 @@ _SCHEMA: dict[tuple[str, str], tuple[Any, str]] = {
     ("numbers", "default_region"): ("US", "region"),
     ("numbers", "fallback_timezone"): ("America/New_York", "zone"),
 }
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _ENV_ALIASES = {"DIALGUARD_DATA_DIR": ("database", "data_dir")}
 
 
@@ -274,9 +275,12 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{path}: {exc}"]) from None
     known_sections = {s for s, _ in _SCHEMA} | {"profiles"}
-    for section in data:
+    for section in list(data):
         if section not in known_sections:
             problems.append(f"{section}: unknown section")
+        elif section != "profiles" and not isinstance(data[section], dict):
+            problems.append(f"{section}: expected a table like [{section}]")
+            del data[section]
         elif section != "profiles":
             for key in data[section]:
                 if (section, key) not in _SCHEMA:
@@ -305,18 +309,18 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
         except ProfileError as exc:
             problems.extend(exc.problems)
 
+    def v(section: str, key: str) -> Any:
+        return values.get((section, key))
+
+    api_listen = v("api", "listen")
+    if api_listen and v("api", "token") is None and api_listen[0] not in _LOOPBACK:
+        problems.append("api.token: required when api.listen is not a loopback address")
+    if v("proxy", "listen") is not None and not (v("proxy", "username") and v("proxy", "password")):
+        problems.append("proxy.username/proxy.password: required when proxy.listen is set")
     if problems:
         raise ConfigError(problems)
 
-    def v(section: str, key: str) -> Any:
-        return values[(section, key)]
-
     data_dir = v("database", "data_dir") or default_data_dir()
-    api_listen = v("api", "listen")
-    if v("api", "token") is None and api_listen[0] not in ("127.0.0.1", "localhost", "::1"):
-        raise ConfigError(["api.token: required when api.listen is not a loopback address"])
-    if v("proxy", "listen") is not None and not (v("proxy", "username") and v("proxy", "password")):
-        raise ConfigError(["proxy.username/proxy.password: required when proxy.listen is set"])
     return Settings(
         database=DatabaseSettings(
             v("database", "url"), data_dir, v("database", "pool_size"), v("database", "retention")

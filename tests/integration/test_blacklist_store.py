@@ -123,12 +123,6 @@ async def test_the_same_number_for_two_campaigns_in_one_chunk_is_two_entries(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: queries.sql blacklist_merge_stage uses DISTINCT ON (number, campaign) "
-    "ORDER BY number, campaign with no tiebreak on file order, so within one chunk the first "
-    "duplicate row is kept, not the last as its comment promises",
-)
 async def test_within_one_chunk_the_last_row_of_a_key_wins(store: BlacklistStore) -> None:
     await store.import_chunk(
         [

@@ -135,12 +135,6 @@ def test_an_opening_in_the_repeated_autumn_hour_is_its_first_occurrence() -> Non
     assert next_opening(hours, NEW_YORK, at) == datetime(2026, 11, 1, 5, 30, tzinfo=UTC)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="src bug: hours._next_local_start anchors a non-existent local opening (02:30 on the "
-    "spring-forward day) with the pre-transition offset and returns 03:30 EDT, although every "
-    "local time from 03:00 EDT on is already inside the hours",
-)
 def test_an_opening_in_the_skipped_spring_hour_is_the_end_of_the_gap() -> None:
     hours = parse_hours("02:30-21:00")
     assert hours is not None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from dialguard.policy.model import Facts
@@ -50,10 +50,16 @@ def _next_local_start(hours: Hours, zone: str, at: datetime) -> datetime:
     local = at.astimezone(tz)
     second = local.hour * 3600 + local.minute * 60 + local.second
     day = local.date() if second < hours.start else local.date() + timedelta(days=1)
-    opening = datetime(day.year, day.month, day.day, tzinfo=tz) + timedelta(seconds=hours.start)
-    # Re-anchor in the zone so that a DST change between midnight and the opening is honoured.
-    naive = opening.replace(tzinfo=None)
-    return naive.replace(tzinfo=tz).astimezone(at.tzinfo)
+    wall = datetime(day.year, day.month, day.day) + timedelta(seconds=hours.start)
+    opening = wall.replace(tzinfo=tz)
+    if opening.astimezone(UTC).astimezone(tz).replace(tzinfo=None) != wall:
+        # The opening falls in the hour a spring clock change skips: the zone opens when the
+        # gap ends. fold=1 reads the wall time with the offset before the gap, just before it.
+        candidate = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)
+        while not _inside(hours, zone, candidate):
+            candidate += timedelta(minutes=1)
+        return candidate.astimezone(at.tzinfo)
+    return opening.astimezone(at.tzinfo)
 
 
 def _inside(hours: Hours, zone: str, at: datetime) -> bool:

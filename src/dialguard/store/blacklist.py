@@ -14,6 +14,7 @@ from dialguard.store.queries import q
 GLOBAL = ""
 StageRow = tuple[int, str, str, str | None, datetime | None]
 """(number as E.164 digits, campaign or '', source, reason, expires_at) — one import row."""
+PrefixStageRow = tuple[str, str, str, str | None, datetime | None]
 
 
 def number_key(e164: str) -> int:
@@ -88,10 +89,16 @@ class BlacklistStore:
             await conn.execute(q("blacklist_stage"))
             await conn.copy_records_to_table(
                 "blacklist_stage",
-                records=rows,
-                columns=["number", "campaign", "source", "reason", "expires_at"],
+                records=[(*row, i) for i, row in enumerate(rows)],
+                columns=["number", "campaign", "source", "reason", "expires_at", "ord"],
             )
             await conn.execute(q("blacklist_merge_stage"))
+        return len(rows)
+
+    async def import_prefixes(self, rows: Sequence[PrefixStageRow]) -> int:
+        """Upsert prefix rows (a few thousand at most), in one transaction."""
+        async with connection(self._pool) as conn, conn.transaction():
+            await conn.executemany(q("blacklist_add_prefix"), rows)
         return len(rows)
 
     async def export(self) -> AsyncIterator[dict[str, Any]]:

@@ -104,7 +104,7 @@ DELETE FROM blacklist_prefixes WHERE prefix = $1 AND campaign = $2 RETURNING pre
 
 -- name: blacklist_stage
 CREATE TEMPORARY TABLE blacklist_stage (
-    number bigint, campaign text, source text, reason text, expires_at timestamptz
+    number bigint, campaign text, source text, reason text, expires_at timestamptz, ord integer
 ) ON COMMIT DROP
 
 -- name: blacklist_merge_stage
@@ -112,16 +112,16 @@ CREATE TEMPORARY TABLE blacklist_stage (
 INSERT INTO blacklist_numbers AS b (number, campaign, source, reason, expires_at)
 SELECT DISTINCT ON (number, campaign) number, campaign, source, reason, expires_at
   FROM blacklist_stage
- ORDER BY number, campaign
+ ORDER BY number, campaign, ord DESC
 ON CONFLICT (number, campaign) DO UPDATE
    SET source = excluded.source, reason = excluded.reason, expires_at = excluded.expires_at
 
 -- name: blacklist_export_numbers
-SELECT '+' || number::text AS value, campaign, source, reason, expires_at
+SELECT '+' || number::text AS value, campaign, source, reason, expires_at, 'number' AS kind
   FROM blacklist_numbers ORDER BY number, campaign
 
 -- name: blacklist_export_prefixes
-SELECT prefix AS value, campaign, source, reason, expires_at
+SELECT prefix AS value, campaign, source, reason, expires_at, 'prefix' AS kind
   FROM blacklist_prefixes ORDER BY prefix, campaign
 
 -- name: insert_spooled
@@ -172,7 +172,8 @@ SELECT count(*)::int AS calls,
            AS short_calls,
        (count(*) FILTER (WHERE w.outcome = 'carrier_rejected'))::int AS carrier_rejections,
        (SELECT count(*)::int FROM complaints c
-         WHERE c.caller_id = $1 AND c.at > $3 - interval '24 hours' AND c.at <= $3)
+         WHERE c.caller_id = $1 AND c.at > $3::timestamptz - interval '24 hours'
+           AND c.at <= $3::timestamptz)
            AS complaints_24h
   FROM (SELECT d.outcome, d.answered_seconds FROM decisions d
          WHERE d.caller_id = $1 AND d.allowed AND d.outcome_at IS NOT NULL
@@ -186,6 +187,7 @@ SELECT DISTINCT length(prefix) AS n FROM blacklist_prefixes WHERE campaign IN ('
 -- name: scrub_facts
 -- What the database knows about each destination of a batch, for those it knows anything about:
 -- the blacklist entry that denies it, else its allowed calls in the last $4 seconds (oldest first).
+-- Prefixes are probed at the lengths in $5; an empty $5 skips them (matched by the caller).
 WITH d AS (SELECT DISTINCT u.dest FROM unnest($1::text[]) AS u(dest))
 SELECT d.dest,
        bn.campaign AS number_campaign, bn.source AS number_source,
@@ -201,7 +203,8 @@ SELECT d.dest,
          ORDER BY b.campaign DESC LIMIT 1) bn ON true
   LEFT JOIN LATERAL (
         SELECT b.prefix, b.campaign, b.source, b.expires_at FROM blacklist_prefixes b
-         WHERE b.prefix IN (SELECT left(d.dest, n) FROM unnest($5::int[]) n
+         WHERE cardinality($5::int[]) > 0
+           AND b.prefix IN (SELECT left(d.dest, n) FROM unnest($5::int[]) n
                              WHERE n BETWEEN 2 AND length(d.dest))
            AND b.campaign IN ('', $2)
            AND (b.expires_at IS NULL OR b.expires_at > $3)
@@ -223,3 +226,12 @@ DELETE FROM decisions
 
 -- name: prune_campaign_callerids
 DELETE FROM campaign_callerids WHERE last_used_at < $1
+
+-- name: scrub_prefix_count
+SELECT count(*)::int FROM blacklist_prefixes WHERE campaign IN ('', $1)
+
+-- name: scrub_prefixes
+-- The live prefixes a scrub matches in memory; a campaign's own entry wins over the global one.
+SELECT DISTINCT ON (prefix) prefix, campaign, source, expires_at FROM blacklist_prefixes
+ WHERE campaign IN ('', $1) AND (expires_at IS NULL OR expires_at > $2)
+ ORDER BY prefix, campaign DESC
