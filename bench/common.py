@@ -178,7 +178,7 @@ class LibpqTarget:
 def pg_bin(name: str) -> str:
     """A PostgreSQL client program: pgserver's (the embedded server's version), else PATH."""
     try:
-        from pgserver._commands import POSTGRES_BIN_PATH  # type: ignore[import-untyped]
+        from pgserver._commands import POSTGRES_BIN_PATH
 
         candidate = Path(POSTGRES_BIN_PATH) / name
         if candidate.exists():

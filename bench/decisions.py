@@ -69,8 +69,9 @@ from common import (
     server,
     with_database,
 )
-from dialguard.decider import Decider, DecisionRequest, NumberPolicy
+from dialguard.decider import Decider, NumberPolicy
 from dialguard.metrics import Metrics
+from dialguard.policy.model import DecisionRequest
 from dialguard.store.campaigns import CampaignStore
 from dialguard.store.connection import _init_connection, create_pool
 from dialguard.store.decisions import DecideParams, DecideResult, DecisionStore

@@ -38,7 +38,8 @@ from common import (
     with_database,
 )
 from decisions import CapturingStore, pgbench_script
-from dialguard.decider import Decider, DecisionRequest, NumberPolicy
+from dialguard.decider import Decider, NumberPolicy
+from dialguard.policy.model import DecisionRequest
 from dialguard.store.campaigns import CampaignStore
 from dialguard.store.connection import create_pool
 

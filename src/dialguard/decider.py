@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from dialguard.numbers import time_zones, try_normalise
+from dialguard.numbers import cached_normalise
+from dialguard.numbers import destination as parse_destination
 from dialguard.policy.checks import precheck
 from dialguard.policy.codes import DEFAULT_CAMPAIGN, Rule, Verdict
 from dialguard.policy.evidence import callable_at, explain
@@ -25,7 +26,6 @@ from dialguard.store.decisions import DecideParams, DecideResult, DecisionStore
 from dialguard.store.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
-
 
 
 class DecisionMetrics(Protocol):
@@ -83,11 +83,15 @@ class Decider:
         started = time.perf_counter()
         campaign = request.campaign or DEFAULT_CAMPAIGN
         at = request.at or self._clock()
-        destination = try_normalise(request.destination, self._numbers.default_region)
-        caller = try_normalise(request.caller_id, self._numbers.default_region)
+        numbers = self._numbers
+        found = parse_destination(
+            request.destination, numbers.default_region, numbers.fallback_timezone
+        )
+        destination, zones = found if found else (None, ())
+        caller = cached_normalise(request.caller_id, numbers.default_region)
         try:
             async with asyncio.timeout(self._deadline):
-                result = await self._round_trip(request, campaign, at, destination, caller)
+                result = await self._round_trip(request, campaign, at, destination, zones, caller)
         except (TimeoutError, StoreUnavailable) as exc:
             decision = self._undecidable(request, campaign, at, destination, caller, exc)
         else:
@@ -155,11 +159,14 @@ class Decider:
         campaign: str,
         at: datetime,
         destination: str | None,
+        zones: tuple[str, ...],
         caller: str | None,
     ) -> DecideResult:
         for _ in range(3):
             version, profile = await self.profile_for(campaign)
-            params = self._params(request, campaign, at, destination, caller, version, profile)
+            params = self._params(
+                request, campaign, at, destination, zones, caller, version, profile
+            )
             result = await self._decisions.decide(params)
             if not result.stale:
                 return result
@@ -192,11 +199,11 @@ class Decider:
         campaign: str,
         at: datetime,
         destination: str | None,
+        zones: tuple[str, ...],
         caller: str | None,
         version: int,
         profile: Profile,
     ) -> DecideParams:
-        zones = time_zones(destination, self._numbers.fallback_timezone) if destination else ()
         pre = precheck(
             destination=destination,
             caller_id=caller,

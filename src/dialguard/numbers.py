@@ -49,6 +49,22 @@ def try_normalise(raw: str, region: str) -> str | None:
         return None
 
 
+@lru_cache(maxsize=4096)
+def cached_normalise(raw: str, region: str) -> str | None:
+    """:func:`try_normalise` for the few values seen again and again (caller IDs)."""
+    return try_normalise(raw, region)
+
+
+def destination(raw: str, region: str, fallback_zone: str) -> tuple[str, tuple[str, ...]] | None:
+    """The E.164 form of a destination and its time zones, from a single parse; ``None`` when
+    invalid. The per-call path parses each destination once."""
+    parsed = _parse(raw, region)
+    if parsed is None or not phonenumbers.is_valid_number(parsed):
+        return None
+    e164 = str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+    return e164, _zones_of(parsed, fallback_zone)
+
+
 def normalise_for_list(raw: str, region: str) -> str:
     """Normalise a number for a bulk list (blacklist imports), fast for E.164 input.
 
@@ -86,7 +102,10 @@ def time_zones(e164: str, fallback: str) -> tuple[str, ...]:
     Toll-free, premium, shared-cost, personal, UAN, VoIP numbers and numbers whose zone is unknown
     have no geography of their own, so they are judged in the operator's fallback zone.
     """
-    parsed = phonenumbers.parse(e164, None)
+    return _zones_of(phonenumbers.parse(e164, None), fallback)
+
+
+def _zones_of(parsed: phonenumbers.PhoneNumber, fallback: str) -> tuple[str, ...]:
     if phonenumbers.number_type(parsed) in _NON_GEOGRAPHIC:
         return (fallback,)
     zones = tuple(z for z in timezone.time_zones_for_number(parsed) if z != _UNKNOWN_ZONE)

@@ -34,6 +34,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on release.
+
+    The default sends ``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` every
+    time a connection goes back to the pool: one more round trip per decision. dialguard takes
+    only transaction-level advisory locks, opens no cursors outside transactions, never LISTENs
+    and sets no session state, so there is nothing to reset; asyncpg still rolls back a
+    transaction left open before calling this.
+    """
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
     """Open a pool; the caller owns it and must ``await pool.close()``."""
     try:
@@ -42,6 +53,7 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asy
             min_size=min_size,
             max_size=max_size,
             init=_init_connection,
+            reset=_keep_session,
             command_timeout=30,
             server_settings={"application_name": "dialguard"},
         )

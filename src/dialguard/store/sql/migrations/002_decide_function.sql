@@ -40,6 +40,7 @@ DECLARE
     v_t      timestamptz;
     v_w      interval;
     v_id     bigint;
+    v_prefixes text[];
     i        integer;
 BEGIN
     SELECT c.version, c.paused, c.pause_reason, c.paused_at INTO v_camp
@@ -86,9 +87,12 @@ BEGIN
                 'scope', CASE WHEN v_row.campaign = '' THEN 'global' ELSE 'campaign' END,
                 'source', v_row.source, 'expires_at', v_row.expires_at);
         ELSE
+            -- Every leading part of the number, as an array: a plan with "= ANY" is generic and
+            -- cached, where an IN over generate_series was planned anew on every call.
+            v_prefixes := ARRAY(SELECT left(p_dest, n) FROM generate_series(2, length(p_dest)) n);
             SELECT b.prefix, b.campaign, b.source, b.expires_at INTO v_row
               FROM blacklist_prefixes b
-             WHERE b.prefix IN (SELECT left(p_dest, n) FROM generate_series(2, length(p_dest)) n)
+             WHERE b.prefix = ANY (v_prefixes)
                AND b.campaign IN ('', p_campaign)
                AND (b.expires_at IS NULL OR b.expires_at > p_at)
              ORDER BY length(b.prefix) DESC LIMIT 1;
