@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Any, NoReturn, TextIO
 
 from dialguard import __version__
 from dialguard.app import Stores, build_decider, open_stores
-from dialguard.blacklist_csv import PrefixRow, parse_time, read_rows
+from dialguard.blacklist_csv import PrefixRow, StageRow, parse_time, read_rows
 from dialguard.config import ConfigError, Settings, find_config_file, load_settings
 from dialguard.numbers import InvalidNumber, is_e164_prefix, normalise
 from dialguard.policy.codes import CallerIdState
@@ -35,6 +35,7 @@ from dialguard.store.errors import Conflict, NotFound, StoreUnavailable
 
 log = logging.getLogger("dialguard")
 CLI_DEADLINE = 30.0
+IMPORT_CHUNK = 200_000
 
 
 class UsageError(Exception):
@@ -110,6 +111,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--expires")
     s.add_argument("--source", default=None)
     s.add_argument("--reason")
+    s.add_argument(
+        "--bulk",
+        action="store_true",
+        help="import: first load of an empty number blacklist, locked until done (fastest)",
+    )
+    s = cmd("complaints", "record complaints: blacklist, rest caller IDs, pause campaigns")
+    s.add_argument("action", choices=["add", "import"])
+    s.add_argument("value", help="destination number, or CSV file to import")
+    s.add_argument("--source", help="carrier, 12321, regulator, crm, internal, ...")
+    s.add_argument("--caller-id")
+    s.add_argument("--campaign")
+    s.add_argument("--at", help="when the complaint was made, ISO 8601 with offset")
+    s.add_argument("--text")
+    s = cmd("scrub", "which numbers of a list are callable now, and why not")
+    s.add_argument("file", help="CSV with a destination column, or one number a line")
+    s.add_argument("--caller-id")
+    s.add_argument("--campaign")
+    s.add_argument("--out", help="write the verdicts here (default: stdout)")
     return parser
 
 
@@ -419,36 +438,209 @@ async def _blacklist_import(settings: Settings, stores: Stores, args: argparse.N
     if not path.is_file():
         raise UsageError(f"cannot read {path}: no such file")
     started = time.perf_counter()
-    imported = bad = 0
+    counts = {"imported": 0, "bad": 0}
     prefixes: list[PrefixRow] = []
+
+    def progress(done: int) -> None:
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        print(
+            f"\rimported {done:,} rows ({rate:,.0f}/s), {counts['bad']} bad",
+            end="",
+            file=sys.stderr,
+        )
+
     with path.open(newline="", encoding="utf-8", errors="replace") as handle:
         chunks = read_rows(
             handle,
             region=settings.numbers.default_region,
             default_source=args.source or "import",
+            chunk_size=IMPORT_CHUNK,
             prefixes=prefixes,
         )
-        for rows, errors in chunks:
-            for error in errors:
-                print(f"{path}: {error}", file=sys.stderr)
-            bad += len(errors)
-            if rows:
-                imported += await stores.blacklist.import_chunk(rows)
-            if prefixes:
-                imported += await stores.blacklist.import_prefixes(prefixes)
-                prefixes.clear()
-            rate = imported / max(time.perf_counter() - started, 1e-9)
-            print(
-                f"\rimported {imported:,} rows ({rate:,.0f}/s), {bad} bad", end="", file=sys.stderr
-            )
+
+        async def parsed() -> AsyncIterator[list[StageRow]]:
+            """Chunks parsed in a thread while PostgreSQL takes the previous one: the two run
+            on different cores instead of taking turns. Bad rows are reported as they come."""
+            parsing = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+            while (item := await parsing) is not None:
+                parsing = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+                rows, errors = item
+                for error in errors:
+                    print(f"{path}: {error}", file=sys.stderr)
+                counts["bad"] += len(errors)
+                yield rows
+                counts["imported"] += len(rows)
+                progress(counts["imported"])
+
+        if args.bulk:
+            try:
+                await stores.blacklist.bulk_load(parsed())
+            except Conflict as exc:
+                raise UsageError(f"{exc} (import without --bulk to merge)") from None
+        else:
+            async for rows in parsed():
+                if rows:
+                    await stores.blacklist.import_chunk(rows)
+                if prefixes:
+                    batch = prefixes[:]
+                    prefixes.clear()
+                    counts["imported"] += await stores.blacklist.import_prefixes(batch)
+        if prefixes:
+            counts["imported"] += await stores.blacklist.import_prefixes(prefixes)
     print(file=sys.stderr)
     seconds = time.perf_counter() - started
+    imported, bad = counts["imported"], counts["bad"]
     _emit(
         args,
         {"imported": imported, "bad_rows": bad, "seconds": round(seconds, 3)},
         f"imported {imported} rows, {bad} bad rows, in {seconds:.1f} s",
     )
     return 0
+
+
+def _feedback(settings: Settings, stores: Stores) -> Any:
+    from dialguard.feedback import Feedback
+    from dialguard.policy.feedback import FeedbackPolicy
+    from dialguard.store.complaints import ComplaintStore
+
+    return Feedback(
+        complaints=ComplaintStore(stores.pool),
+        policy=FeedbackPolicy(),
+        default_region=settings.numbers.default_region,
+    )
+
+
+async def cmd_complaints(settings: Settings, args: argparse.Namespace) -> int:
+    from dialguard.policy.feedback import ComplaintError, ComplaintRequest, ImportSummary
+
+    async with open_stores(settings) as stores:
+        feedback = _feedback(settings, stores)
+        if args.action == "add":
+            if not args.source:
+                raise UsageError("complaints add needs --source")
+            try:
+                recorded = await feedback.complain(
+                    ComplaintRequest(
+                        destination=args.value,
+                        source=args.source,
+                        caller_id=args.caller_id,
+                        campaign=args.campaign,
+                        at=_time(args.at),
+                        text=args.text,
+                    )
+                )
+            except ComplaintError as exc:
+                raise UsageError(str(exc)) from None
+            done = [k for k, v in recorded.effects.as_json().items() if v]
+            text = f"complaint {recorded.id}" + (" (duplicate)" if recorded.duplicate else "")
+            _emit(args, recorded.as_json(), f"{text}: {', '.join(done) or 'no effect'}")
+            return 0
+        summary = ImportSummary()
+        await _complaints_import(feedback, Path(args.value), args.source, summary)
+    for error in summary.errors:
+        print(f"{args.value}: {error.line}: {error.message}", file=sys.stderr)
+    result = summary.as_json()
+    _emit(
+        args,
+        result,
+        f"imported {summary.imported} complaints ({summary.duplicates} duplicates), "
+        f"{summary.bad_rows} bad rows; effects: {result['effects']}",
+    )
+    return 0
+
+
+async def _complaints_import(feedback: Any, path: Path, source: str | None, summary: Any) -> None:
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    with handle:
+        reader = csv.reader(handle)
+        header = [c.strip().lower() for c in next(reader, [])]
+        if "destination" not in header and "number" not in header:
+            raise UsageError(f"{path}: line 1: the header needs a destination column")
+        batch: list[tuple[int, dict[str, str]]] = []
+        for fields in reader:
+            if any(f.strip() for f in fields):
+                batch.append((reader.line_num, dict(zip(header, fields, strict=False))))
+            if len(batch) >= 1000:
+                await feedback.import_records(batch, summary, default_source=source)
+                batch = []
+                print(f"\rimported {summary.imported:,}", end="", file=sys.stderr)
+        if batch:
+            await feedback.import_records(batch, summary, default_source=source)
+    print(file=sys.stderr)
+
+
+async def cmd_scrub(settings: Settings, args: argparse.Namespace) -> int:
+    from dialguard.bulk_numbers import BulkNumbers
+    from dialguard.policy.scrub import ScrubRequest
+    from dialguard.scrub import Scrubber
+    from dialguard.store.scrub import ScrubStore
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise UsageError(f"cannot read {path}: no such file")
+    numbers = settings.numbers
+    started = time.perf_counter()
+    counts: dict[str, int] = {}
+    async with open_stores(settings) as stores:
+        scrubber = Scrubber(
+            store=ScrubStore(stores.pool),
+            profiles=build_decider(settings, stores, deadline=CLI_DEADLINE),
+            callerids=stores.callerids,
+            campaigns=stores.campaigns,
+            numbers=BulkNumbers(numbers.default_region, numbers.fallback_timezone),
+            default_region=numbers.default_region,
+        )
+        request = ScrubRequest(caller_id=args.caller_id, campaign=args.campaign)
+        with contextlib.ExitStack() as stack:
+            handle = stack.enter_context(path.open(newline="", encoding="utf-8", errors="replace"))
+            out: TextIO = (
+                stack.enter_context(open(args.out, "w", newline="", encoding="utf-8"))
+                if args.out
+                else sys.stdout
+            )
+            writer = csv.writer(out)
+            writer.writerow(["destination", "verdict", "rule", "callable_at"])
+            async for batch in scrubber.scrub(_number_chunks(handle), request):
+                for row in batch:
+                    rule = row.rule.value if row.rule else ""
+                    counts[rule or "callable"] = counts.get(rule or "callable", 0) + 1
+                    at = row.callable_at.isoformat() if row.callable_at else ""
+                    writer.writerow(
+                        [row.destination, "allow" if row.callable else "deny", rule, at]
+                    )
+                done = sum(counts.values())
+                rate = done / max(time.perf_counter() - started, 1e-9)
+                print(f"\rscrubbed {done:,} numbers ({rate:,.0f}/s)", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    for rule, count in sorted(counts.items(), key=lambda kv: -kv[1]):
+        print(f"  {rule:22} {count}", file=sys.stderr)
+    return 0
+
+
+async def _number_chunks(handle: TextIO, size: int = 5000) -> AsyncIterator[list[str]]:
+    """The numbers of a lead list: a destination column (or number, phone), else the first."""
+    reader = csv.reader(handle)
+    column: int | None = None
+    chunk: list[str] = []
+    for fields in reader:
+        if not fields or not any(f.strip() for f in fields):
+            continue
+        if column is None:
+            header = [f.strip().lower() for f in fields]
+            names = ("destination", "number", "phone", "value")
+            column = next((header.index(n) for n in names if n in header), -1)
+            if column >= 0:
+                continue
+            column = 0
+        chunk.append(fields[column] if column < len(fields) else "")
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -479,6 +671,8 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any,
     "callerid": cmd_callerid,
     "campaign": cmd_campaign,
     "blacklist": cmd_blacklist,
+    "complaints": cmd_complaints,
+    "scrub": cmd_scrub,
 }
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 from dialguard.store.connection import connection
+from dialguard.store.errors import Conflict
 from dialguard.store.queries import q
 
 GLOBAL = ""
@@ -86,6 +87,7 @@ class BlacklistStore:
     async def import_chunk(self, rows: Sequence[StageRow]) -> int:
         """COPY one chunk into a staging table and merge it, in one transaction."""
         async with connection(self._pool) as conn, conn.transaction():
+            await conn.execute(q("import_without_flush_wait"))
             await conn.execute(q("blacklist_stage"))
             await conn.copy_records_to_table(
                 "blacklist_stage",
@@ -94,6 +96,30 @@ class BlacklistStore:
             )
             await conn.execute(q("blacklist_merge_stage"))
         return len(rows)
+
+    async def bulk_load(self, chunks: AsyncIterator[Sequence[StageRow]]) -> int:
+        """Load an empty number blacklist in one transaction: COPY, then build the key once.
+
+        The table is locked for the whole load, so decisions wait: this is for the first load
+        of a national registry, before going live or in a quiet window. Raises
+        :class:`Conflict` when the table already has numbers.
+        """
+        loaded = 0
+        async with connection(self._pool) as conn, conn.transaction():
+            await conn.execute(q("import_without_flush_wait"))
+            await conn.execute(q("blacklist_bulk_lock"))
+            if not await conn.fetchval(q("blacklist_is_empty")):
+                raise Conflict("the number blacklist is not empty; a bulk load starts from empty")
+            await conn.execute(q("blacklist_bulk_prepare"))
+            async for rows in chunks:
+                await conn.copy_records_to_table(
+                    "blacklist_numbers",
+                    records=rows,
+                    columns=["number", "campaign", "source", "reason", "expires_at"],
+                )
+                loaded += len(rows)
+            await conn.execute(q("blacklist_bulk_finish"))
+        return loaded
 
     async def import_prefixes(self, rows: Sequence[PrefixStageRow]) -> int:
         """Upsert prefix rows (a few thousand at most), in one transaction."""

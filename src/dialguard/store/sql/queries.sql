@@ -188,7 +188,8 @@ SELECT DISTINCT length(prefix) AS n FROM blacklist_prefixes WHERE campaign IN ('
 -- What the database knows about each destination of a batch, for those it knows anything about:
 -- the blacklist entry that denies it, else its allowed calls in the last $4 seconds (oldest first).
 -- Prefixes are probed at the lengths in $5; an empty $5 skips them (matched by the caller).
-WITH d AS (SELECT DISTINCT u.dest FROM unnest($1::text[]) AS u(dest))
+-- $1 is the destinations joined by commas: one text is far cheaper to send than an array.
+WITH d AS (SELECT DISTINCT u.dest FROM unnest(string_to_array($1::text, ',')) AS u(dest))
 SELECT d.dest,
        bn.campaign AS number_campaign, bn.source AS number_source,
        bn.expires_at AS number_expires_at,
@@ -235,3 +236,27 @@ SELECT count(*)::int FROM blacklist_prefixes WHERE campaign IN ('', $1)
 SELECT DISTINCT ON (prefix) prefix, campaign, source, expires_at FROM blacklist_prefixes
  WHERE campaign IN ('', $1) AND (expires_at IS NULL OR expires_at > $2)
  ORDER BY prefix, campaign DESC
+
+-- name: import_without_flush_wait
+-- An import interrupted by a crash is simply run again; not waiting for each chunk's WAL
+-- flush lets PostgreSQL start on the next chunk sooner.
+SET LOCAL synchronous_commit = off
+
+-- name: blacklist_bulk_lock
+LOCK TABLE blacklist_numbers IN ACCESS EXCLUSIVE MODE
+
+-- name: blacklist_is_empty
+SELECT NOT EXISTS (SELECT 1 FROM blacklist_numbers)
+
+-- name: blacklist_bulk_prepare
+-- Fresh storage (rows then sit in file order, so ctid order is file order) and no key to
+-- maintain row by row: the key is built once at the end, several times faster.
+TRUNCATE blacklist_numbers;
+ALTER TABLE blacklist_numbers DROP CONSTRAINT blacklist_numbers_pkey
+
+-- name: blacklist_bulk_finish
+-- The last row of a key in the file wins, as in a normal import.
+DELETE FROM blacklist_numbers a
+ USING blacklist_numbers b
+ WHERE a.number = b.number AND a.campaign = b.campaign AND a.ctid < b.ctid;
+ALTER TABLE blacklist_numbers ADD CONSTRAINT blacklist_numbers_pkey PRIMARY KEY (number, campaign)
