@@ -41,7 +41,15 @@ DECLARE
     v_w      interval;
     v_id     bigint;
     v_prefixes text[];
+    v_dwin   integer;
+    v_ats    timestamptz[];
+    v_callers text[];
+    v_answered integer[];
+    v_seen   text[];
+    v_k      integer;
+    v_c      integer;
     i        integer;
+    j        integer;
 BEGIN
     SELECT c.version, c.paused, c.pause_reason, c.paused_at INTO v_camp
       FROM campaigns c WHERE c.name = p_campaign;
@@ -117,66 +125,88 @@ BEGIN
         END IF;
     END IF;
 
-    IF v_rule IS NULL AND p_cooldown_s IS NOT NULL AND p_conversation_min_s IS NOT NULL THEN
-        SELECT d.at + make_interval(secs => d.answered_seconds) AS ended, d.answered_seconds
-          INTO v_row
-          FROM decisions d
-         WHERE d.destination = p_dest AND d.allowed AND d.at <= p_at
-           AND d.at > p_at - make_interval(secs => p_cooldown_s + greatest(p_max_call_s, 86400))
-           AND d.answered_seconds >= p_conversation_min_s
-           AND d.at + make_interval(secs => d.answered_seconds)
-               > p_at - make_interval(secs => p_cooldown_s)
-         ORDER BY 1 DESC LIMIT 1;
-        IF FOUND THEN
-            v_rule := 'destination_cooldown';
-            v_facts := jsonb_build_object('ended_at', v_row.ended,
-                'answered_seconds', v_row.answered_seconds, 'cooldown_s', p_cooldown_s,
-                'min_seconds', p_conversation_min_s,
-                'frees_at', v_row.ended + make_interval(secs => p_cooldown_s));
-        END IF;
-    END IF;
-
-    IF v_rule IS NULL AND p_interval_s IS NOT NULL THEN
-        SELECT max(d.at) INTO v_t FROM decisions d
-         WHERE d.destination = p_dest AND d.allowed AND d.at <= p_at
-           AND d.at > p_at - make_interval(secs => p_interval_s);
-        IF v_t IS NOT NULL THEN
-            v_rule := 'destination_interval';
-            v_facts := jsonb_build_object('last_at', v_t, 'interval_s', p_interval_s,
-                'frees_at', v_t + make_interval(secs => p_interval_s));
-        END IF;
-    END IF;
-
+    -- The destination's allowed attempts, oldest first, over the longest window any of its
+    -- rules looks at, in one index scan; the rules below read these arrays in order. A
+    -- destination has a handful of attempts (its caps see to that), so the loops are short.
     IF v_rule IS NULL THEN
-        FOR i IN 1 .. coalesce(cardinality(p_dest_cap_limits), 0) LOOP
-            v_w := make_interval(secs => p_dest_cap_windows[i]);
-            SELECT count(*) INTO v_n FROM decisions d
-             WHERE d.destination = p_dest AND d.allowed AND d.at > p_at - v_w AND d.at <= p_at;
-            IF v_n >= p_dest_cap_limits[i] THEN
-                SELECT d.at INTO v_t FROM decisions d
-                 WHERE d.destination = p_dest AND d.allowed AND d.at > p_at - v_w AND d.at <= p_at
-                 ORDER BY d.at OFFSET v_n - p_dest_cap_limits[i] LIMIT 1;
+        v_dwin := greatest(
+            coalesce(p_interval_s, 0),
+            coalesce((SELECT max(w) FROM unnest(p_dest_cap_windows) w), 0),
+            coalesce(p_rotation_window_s, 0),
+            CASE WHEN p_cooldown_s IS NOT NULL AND p_conversation_min_s IS NOT NULL
+                 THEN p_cooldown_s + greatest(p_max_call_s, 86400) ELSE 0 END);
+        IF v_dwin > 0 THEN
+            SELECT coalesce(array_agg(d.at ORDER BY d.at), '{}'),
+                   coalesce(array_agg(d.caller_id ORDER BY d.at), '{}'),
+                   coalesce(array_agg(coalesce(d.answered_seconds, -1) ORDER BY d.at), '{}')
+              INTO v_ats, v_callers, v_answered
+              FROM decisions d
+             WHERE d.destination = p_dest AND d.allowed
+               AND d.at > p_at - make_interval(secs => v_dwin) AND d.at <= p_at;
+            v_n := cardinality(v_ats);
+        ELSE
+            v_n := 0;
+        END IF;
+    END IF;
+
+    IF v_rule IS NULL AND v_n > 0 AND p_cooldown_s IS NOT NULL
+       AND p_conversation_min_s IS NOT NULL THEN
+        v_t := NULL;
+        FOR i IN 1 .. v_n LOOP
+            IF v_answered[i] >= p_conversation_min_s
+               AND v_ats[i] + make_interval(secs => v_answered[i])
+                   > p_at - make_interval(secs => p_cooldown_s)
+               AND (v_t IS NULL OR v_ats[i] + make_interval(secs => v_answered[i]) > v_t) THEN
+                v_t := v_ats[i] + make_interval(secs => v_answered[i]);
+                v_k := v_answered[i];
+            END IF;
+        END LOOP;
+        IF v_t IS NOT NULL THEN
+            v_rule := 'destination_cooldown';
+            v_facts := jsonb_build_object('ended_at', v_t, 'answered_seconds', v_k,
+                'cooldown_s', p_cooldown_s, 'min_seconds', p_conversation_min_s,
+                'frees_at', v_t + make_interval(secs => p_cooldown_s));
+        END IF;
+    END IF;
+
+    IF v_rule IS NULL AND v_n > 0 AND p_interval_s IS NOT NULL
+       AND v_ats[v_n] > p_at - make_interval(secs => p_interval_s) THEN
+        v_rule := 'destination_interval';
+        v_facts := jsonb_build_object('last_at', v_ats[v_n], 'interval_s', p_interval_s,
+            'frees_at', v_ats[v_n] + make_interval(secs => p_interval_s));
+    END IF;
+
+    IF v_rule IS NULL AND v_n > 0 THEN
+        FOR j IN 1 .. coalesce(cardinality(p_dest_cap_limits), 0) LOOP
+            v_w := make_interval(secs => p_dest_cap_windows[j]);
+            -- Oldest first: the attempts inside the window are the last ones.
+            v_k := v_n + 1;
+            WHILE v_k > 1 AND v_ats[v_k - 1] > p_at - v_w LOOP
+                v_k := v_k - 1;
+            END LOOP;
+            v_c := v_n - v_k + 1;
+            IF v_c >= p_dest_cap_limits[j] THEN
                 v_rule := 'destination_cap';
-                v_facts := jsonb_build_object('count', v_n, 'limit', p_dest_cap_limits[i],
-                    'window_s', p_dest_cap_windows[i], 'frees_at', v_t + v_w);
+                v_facts := jsonb_build_object('count', v_c, 'limit', p_dest_cap_limits[j],
+                    'window_s', p_dest_cap_windows[j],
+                    'frees_at', v_ats[v_k + v_c - p_dest_cap_limits[j]] + v_w);
                 EXIT;
             END IF;
         END LOOP;
     END IF;
 
-    IF v_rule IS NULL AND p_rotation_limit IS NOT NULL THEN
+    IF v_rule IS NULL AND v_n > 0 AND p_rotation_limit IS NOT NULL THEN
         v_w := make_interval(secs => p_rotation_window_s);
-        PERFORM 1 FROM decisions d
-         WHERE d.destination = p_dest AND d.allowed AND d.caller_id = p_caller
-           AND d.at > p_at - v_w AND d.at <= p_at;
-        IF NOT FOUND THEN
-            SELECT count(DISTINCT d.caller_id) INTO v_n FROM decisions d
-             WHERE d.destination = p_dest AND d.allowed AND d.at > p_at - v_w AND d.at <= p_at;
-            IF v_n >= p_rotation_limit THEN
-                v_rule := 'callerid_rotation';
-                v_facts := jsonb_build_object('seen', v_n, 'limit', p_rotation_limit,
-                                              'window_s', p_rotation_window_s);
+        v_seen := '{}';
+        FOR i IN 1 .. v_n LOOP
+            IF v_ats[i] > p_at - v_w AND NOT v_callers[i] = ANY (v_seen) THEN
+                v_seen := v_seen || v_callers[i];
             END IF;
+        END LOOP;
+        IF NOT p_caller = ANY (v_seen) AND cardinality(v_seen) >= p_rotation_limit THEN
+            v_rule := 'callerid_rotation';
+            v_facts := jsonb_build_object('seen', cardinality(v_seen), 'limit', p_rotation_limit,
+                                          'window_s', p_rotation_window_s);
         END IF;
     END IF;
 
