@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -23,6 +23,10 @@ from dialguard.store.connection import create_pool
 from dialguard.store.decisions import DecisionStore
 from dialguard.store.embedded import EmbeddedPostgres
 from dialguard.store.migrate import migrate
+
+if TYPE_CHECKING:
+    from dialguard.outcomes import OutcomeTracker
+    from dialguard.proxy import AriProxy
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +124,31 @@ async def open_stores(
         yield stores
 
 
+def build_proxy(settings: Settings, decider: Decider, outcomes: OutcomeTracker) -> AriProxy:
+    """The ARI proxy for dialers, on ``proxy.listen``, forwarding to ``ari.url``."""
+    import re
+
+    from dialguard.proxy import AriProxy, ProxyConfig
+
+    proxy = settings.proxy
+    assert proxy.listen is not None and proxy.username and proxy.password  # config checks it
+    return AriProxy(
+        ProxyConfig(
+            listen=proxy.listen,
+            username=proxy.username,
+            password=proxy.password,
+            trunk_patterns=tuple(re.compile(p) for p in proxy.trunk_patterns),
+            campaign_variable=proxy.campaign_variable,
+            ari_url=settings.ari.url,
+            ari_username=settings.ari.username,
+            ari_password=settings.ari.password,
+            trunks=settings.ari.trunks,
+        ),
+        decider,
+        outcomes,
+    )
+
+
 # -- the service -------------------------------------------------------------------------------
 
 
@@ -199,6 +228,9 @@ class Service:
             subscribe_all=settings.ari.subscribe_all,
             session=self._session,
         )
+        self.proxy: AriProxy | None = None
+        if settings.proxy.listen is not None:
+            self.proxy = build_proxy(settings, self.decider, self.outcomes)
         self._runners: list[Any] = []
         self._housekeeping: asyncio.Task[None] | None = None
 
@@ -240,6 +272,8 @@ class Service:
             await runner.setup()
             self._runners.append(runner)
             await web.TCPSite(runner, host, port).start()
+        if self.proxy is not None:
+            await self.proxy.start()
         await self.spool.start()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         await self.listener.start()
@@ -251,16 +285,57 @@ class Service:
         )
 
     def build_api(self) -> Any:
-        """The admin API application (its routes are added by the API module)."""
-        from aiohttp import web
+        """The admin API application, wired to the decider, the stores and the use cases."""
+        from dialguard.admin import Audit, CallerIds, Campaigns
+        from dialguard.api.routes import ApiDeps, build_api_app
+        from dialguard.bulk_numbers import BulkNumbers
+        from dialguard.feedback import Feedback
+        from dialguard.policy.feedback import FeedbackPolicy
+        from dialguard.scrub import Scrubber
+        from dialguard.store.complaints import ComplaintStore
+        from dialguard.store.errors import Conflict, NotFound, StoreUnavailable
+        from dialguard.store.health import HealthStore
+        from dialguard.store.scrub import ScrubStore
 
-        try:
-            from dialguard.api.routes import build_api_app  # type: ignore[import-not-found]
-        except ImportError:
-            return web.Application()
-        return build_api_app(self)
+        pool, numbers, policy = self.stores.pool, self.settings.numbers, FeedbackPolicy()
+        complaints = ComplaintStore(pool)
+        deps = ApiDeps(
+            decider=self.decider,
+            audit=Audit(pool, complaints),
+            feedback=Feedback(
+                complaints=complaints,
+                policy=policy,
+                default_region=numbers.default_region,
+                metrics=self.metrics,
+            ),
+            scrub=Scrubber(
+                store=ScrubStore(pool),
+                profiles=self.decider,
+                callerids=self.stores.callerids,
+                campaigns=self.stores.campaigns,
+                numbers=BulkNumbers(numbers.default_region, numbers.fallback_timezone),
+                default_region=numbers.default_region,
+            ),
+            blacklist=self.stores.blacklist,
+            callerids=CallerIds(self.stores.callerids, HealthStore(pool), policy),
+            campaigns=Campaigns(
+                self.stores.campaigns, SettingsProfiles(self.settings), self.decider.forget
+            ),
+            default_region=numbers.default_region,
+            token=self.settings.api.token,
+            max_body=self.settings.api.max_body,
+            errors={
+                NotFound: (404, "not_found"),
+                Conflict: (409, "conflict"),
+                StoreUnavailable: (503, "store_unavailable"),
+            },
+        )
+        return build_api_app(deps)
 
     async def stop(self) -> None:
+        if self.proxy is not None:
+            # First: dialers get no new originations in while the decisions drain.
+            await self.proxy.stop()
         await self.listener.stop()
         self.gate.on_disconnect()
         if not await self.gate.drain(self._drain_timeout):

@@ -15,9 +15,10 @@ number at a time, so the answers never differ.
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from phonenumbers import PhoneMetadata
@@ -26,14 +27,9 @@ from phonenumbers.tzdata import TIMEZONE_DATA
 
 from dialguard.numbers import time_zones, try_normalise
 
-_parser: Any
-_constants: Any
-try:  # The regular expression parser of the standard library (private, stable since 3.11).
-    import re._constants as _constants
-    import re._parser as _parser
-except ImportError:  # pragma: no cover - older layouts
-    import sre_constants as _constants
-    import sre_parse as _parser
+# The standard library's regular expression parser: private, but stable since Python 3.11.
+_parser: Any = importlib.import_module("re._parser")
+_constants: Any = importlib.import_module("re._constants")
 
 Verdict = tuple[str | None, tuple[str, ...]]
 """(E.164 form or None when invalid, the time zones it may ring in)."""
@@ -70,41 +66,36 @@ class BulkNumbers:
     def __init__(self, region: str, fallback_zone: str) -> None:
         self._region = region
         self._fallback = fallback_zone
-        self._blocks: dict[tuple[str, int, str], Verdict | None] = {}
+        # (digits, first 6 digits) -> how many leading digits decide, or None: parse each number.
+        self._plans: dict[tuple[int, str], int | None] = {}
+        # (digits, deciding digits) -> the block's verdict, or None: parse each number.
+        self._blocks: dict[tuple[int, str], Verdict | None] = {}
 
     def classify(self, raw: str) -> Verdict:
         text = raw if raw[:1] == "+" else raw.strip()
         digits = text[1:]
-        if text[:1] == "+" and 2 <= len(digits) <= 17 and digits.isdigit() and digits.isascii():
-            fast = self._fast(text, digits)
-            if fast is not None:
-                return fast
+        size = len(digits)
+        if text[:1] == "+" and 2 <= size <= 17 and digits.isdigit() and digits.isascii():
+            plan = self._plans.get((size, digits[:6]), _UNSEEN)
+            if plan == _UNSEEN:
+                plan = self._plans[(size, digits[:6])] = _plan(digits)
+            if plan is not None:
+                key = (size, digits[:plan])
+                verdict = self._blocks.get(key, _UNKNOWN)
+                if verdict is _UNKNOWN:
+                    if len(self._blocks) >= _MAX_BLOCKS:
+                        self._blocks.clear()
+                    verdict = self._blocks[key] = self._learn(text, digits, plan)
+                if verdict is not None:
+                    return verdict if verdict[0] is None else (text, verdict[1])
         return self._exact(raw)
 
-    def _fast(self, text: str, digits: str) -> Verdict | None:
-        cc = digits[:1] if digits[:1] in _COUNTRY_CODES else None
-        if cc is None:
-            cc = digits[:2] if digits[:2] in _COUNTRY_CODES else digits[:3]
-            if cc not in _COUNTRY_CODES:
-                return None
-        nsn = digits[len(cc) :]
-        width = decisive_digits(cc, len(nsn), nsn[:_FIXED])
-        if width is None:
-            return None
-        key = (cc, len(nsn), nsn[:width])
-        verdict = self._blocks.get(key, _MISSING)
-        if verdict is _MISSING:
-            verdict = self._learn(text, nsn, cc, width)
-            if len(self._blocks) >= _MAX_BLOCKS:
-                self._blocks.clear()
-            self._blocks[key] = verdict
-        if verdict is None or verdict[0] is None:
-            return verdict
-        return (text, verdict[1])
-
-    def _learn(self, text: str, nsn: str, cc: str, width: int) -> Verdict | None:
+    def _learn(self, text: str, digits: str, plan: int) -> Verdict | None:
         """The block's verdict from its first number, or None when the block must be parsed."""
-        if nsn[:1] == "0" and nsn[:width].strip("0") == "":
+        cc = _country_code(digits)
+        assert cc is not None  # a plan exists only for a known country code
+        nsn = digits[len(cc) :]
+        if nsn[:1] == "0" and digits[len(cc) : plan].strip("0") == "":
             return None  # how many leading zeros phonenumbers keeps depends on later digits
         if _strips_national_prefix(cc, nsn):
             return None
@@ -120,7 +111,27 @@ class BulkNumbers:
         return (e164, time_zones(e164, self._fallback))
 
 
-_MISSING: Any = object()
+_UNSEEN = -1
+_UNKNOWN: Verdict = ("", ())
+
+
+def _country_code(digits: str) -> str | None:
+    """The country code as phonenumbers reads it after a +: the first 1 to 3 digits it knows."""
+    for size in (1, 2, 3):
+        if digits[:size] in _COUNTRY_CODES:
+            return digits[:size]
+    return None
+
+
+def _plan(digits: str) -> int | None:
+    """How many leading digits (country code included) decide the answer for numbers that start
+    like ``digits`` and are as long; None when they must be parsed one by one."""
+    cc = _country_code(digits)
+    if cc is None or digits[:1] == "0":
+        return None
+    nsn = digits[len(cc) :]
+    width = decisive_digits(cc, len(nsn), nsn[:_FIXED])
+    return None if width is None else len(cc) + width
 
 
 def _strips_national_prefix(cc: str, nsn: str) -> bool:
@@ -131,7 +142,7 @@ def _strips_national_prefix(cc: str, nsn: str) -> bool:
     return False
 
 
-@lru_cache(maxsize=None)
+@cache
 def _metadata(cc: str) -> tuple[Any, ...]:
     code = int(cc)
     found = (
@@ -168,11 +179,13 @@ def decisive_digits(cc: str, length: int, fixed: str) -> int | None:
 def _zone_digits(cc: str, fixed: str) -> int:
     """National digits the time-zone map may read: its longest key that agrees with ``fixed``."""
     head = cc + fixed
-    longest = max((len(k) for k in _zone_keys(cc) if k.startswith(head) or head.startswith(k)), default=0)
+    longest = max(
+        (len(k) for k in _zone_keys(cc) if k.startswith(head) or head.startswith(k)), default=0
+    )
     return max(0, longest - len(cc))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _zone_keys(cc: str) -> tuple[str, ...]:
     return tuple(k for k in TIMEZONE_DATA if k.startswith(cc))
 
@@ -191,7 +204,7 @@ def _constrained(pattern: str, length: int, fixed: str, *, prefix: bool = False)
     return max(ends, default=0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled(pattern: str) -> tuple[Node, ...]:
     return tuple(_nodes(_parser.parse(pattern)))
 
@@ -210,6 +223,8 @@ def _nodes(seq: Any) -> Iterator[Node]:
             yield ("repeat", (low, None if high is c.MAXREPEAT else high, tuple(_nodes(sub))))
         elif op is c.AT and av in (c.AT_BEGINNING, c.AT_BEGINNING_STRING):
             continue
+        elif op is c.AT and av in (c.AT_END, c.AT_END_STRING):
+            yield ("end", None)
         else:
             raise _Unsupported(str(op))
 
@@ -248,6 +263,8 @@ def _walk(nodes: tuple[Node, ...], states: set[State], cap: int, fixed: str) -> 
                 for pos, last in states
                 if pos < cap and (pos >= len(fixed) or fixed[pos] in value)
             }
+        elif kind == "end":
+            states = {(pos, last) for pos, last in states if pos == cap}
         elif kind == "seq":
             states = _walk(value, states, cap, fixed)
         elif kind == "branch":

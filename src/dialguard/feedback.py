@@ -28,7 +28,9 @@ COMPLAINT_COLUMNS = ("caller_id", "campaign", "source", "at", "text")
 
 
 class FeedbackMetrics(Protocol):
-    def complaint(self, source: str, campaign: str | None, caller_id: str | None = None) -> None: ...
+    def complaint(
+        self, source: str, campaign: str | None, caller_id: str | None = None
+    ) -> None: ...
     def callerid_rested(self, reason: RestReason | str, campaign: str | None) -> None: ...
 
 

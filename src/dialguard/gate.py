@@ -152,7 +152,7 @@ class Gate:
             case ChannelStateChange(channel=channel, timestamp=at) if channel.state == "Up":
                 self._outcomes.on_answer(channel.id, at)
             case ChannelCreated(channel=channel) if self._is_trunk_channel(channel):
-                self._spawn(self._watch_trunk_channel(channel))
+                self._watch_trunk(channel)
             case ChannelDestroyed(channel=channel, cause=cause, tech_cause=tech, timestamp=at):
                 self._linked_trunks.discard(channel.id)
                 self._outcomes.on_destroyed(channel.id, cause, tech, at)
@@ -309,18 +309,34 @@ class Gate:
         app = self._config.app
         return dialplan.get("app_name") == "Stasis" and (data == app or data.startswith(app + ","))
 
+    def _watch_trunk(self, channel: Channel) -> None:
+        # Told inline, before the next event is read: the ARI proxy links its channel only when
+        # Asterisk's answer comes back, and the tracker must have kept what happened meanwhile.
+        self._outcomes.trunk_created(channel.id)
+        self._spawn(self._watch_trunk_channel(channel))
+
+    def _explained(self, channel_id: str) -> bool:
+        """An allowed decision accounts for this trunk channel (dialplan gate or ARI proxy)."""
+        return channel_id in self._linked_trunks or self._outcomes.is_tracked_trunk(channel_id)
+
     async def _watch_trunk_channel(self, channel: Channel) -> None:
         """A trunk channel that no allowed decision explains within the grace time is ungated."""
-        await asyncio.sleep(self._config.ungated_grace)
-        if channel.id in self._linked_trunks or self._outcomes.is_tracked_trunk(channel.id):
-            return
-        if not await self._still_up(channel.id):
+        while True:
+            await asyncio.sleep(self._config.ungated_grace)
+            if self._explained(channel.id):
+                return
+            # A channel made by POST /channels/create places no call until it is dialed: judge
+            # it once it is (through the proxy, which then explains it, or straight to Asterisk).
+            if not self._outcomes.awaiting_dial(channel.id):
+                break
+        snapshot = await self._still_up(channel.id)
+        if snapshot is None:
             return
         log.warning(
             "ungated call on trunk channel %s (%s) from caller ID %s: it did not pass dialguard",
             channel.id,
             channel.name,
-            channel.caller_number or "unknown",
+            _presented_caller_id(snapshot, channel),
         )
         if self._metrics is not None:
             self._metrics.ungated_call()
@@ -330,11 +346,25 @@ class Gate:
             except (ChannelGone, AriUnavailable) as exc:
                 log.info("channel %s: could not hang up the ungated call: %s", channel.id, exc)
 
-    async def _still_up(self, channel_id: str) -> bool:
+    async def _still_up(self, channel_id: str) -> dict[str, Any] | None:
+        """The channel's current snapshot, ``{}`` when ARI cannot tell, None once it is gone."""
         try:
-            await self._ari.request("GET", f"/channels/{channel_id}", channel_id=channel_id)
+            found = await self._ari.request("GET", f"/channels/{channel_id}", channel_id=channel_id)
         except ChannelGone:
-            return False
+            return None
         except AriError:
-            return True
-        return True
+            return {}
+        return found if isinstance(found, dict) else {}
+
+
+def _presented_caller_id(snapshot: dict[str, Any], channel: Channel) -> str:
+    """The caller ID the carrier sees: an outgoing channel's connected line, else its caller.
+
+    Read from the latest snapshot, since a dial sets it after the channel was created.
+    """
+    for party in ("connected", "caller"):
+        value = snapshot.get(party)
+        number = value.get("number") if isinstance(value, dict) else None
+        if isinstance(number, str) and number:
+            return number
+    return channel.connected_number or channel.caller_number or "unknown"

@@ -60,7 +60,7 @@ class OutcomeMetrics(Protocol):
 @dataclass
 class _Allowed:
     channel_id: str
-    decision_id: int
+    decision_id: int | None  # None: allowed in fail-open mode, with nothing in the database yet
     campaign: str
     caller_id: str
     continued_at: float
@@ -122,13 +122,15 @@ class OutcomeTracker:
         self._trunk: dict[str, _TrunkLeg] = {}
         self._unlinked: dict[str, _UnlinkedTrunk] = {}
 
-    def allowed(self, channel_id: str, decision_id: int, campaign: str, caller_id: str) -> None:
+    def allowed(
+        self, channel_id: str, decision_id: int | None, campaign: str, caller_id: str
+    ) -> None:
         self._allowed[channel_id] = _Allowed(
             channel_id, decision_id, campaign, caller_id, self._clock()
         )
 
     def allowed_trunk(
-        self, channel_id: str, decision_id: int, campaign: str, caller_id: str
+        self, channel_id: str, decision_id: int | None, campaign: str, caller_id: str
     ) -> None:
         """An allowed call whose channel is itself the trunk leg (a proxied originate or dial).
 
@@ -151,7 +153,7 @@ class OutcomeTracker:
 
     def not_placed(
         self,
-        decision_id: int,
+        decision_id: int | None,
         campaign: str,
         caller_id: str,
         at: datetime,
@@ -278,6 +280,8 @@ class OutcomeTracker:
             label = rejection_label(cause, sip_code)
             if label is not None:
                 self._metrics.carrier_rejection(label, call.campaign)
+        if call.decision_id is None:
+            return  # counted; nothing to write against
         self._spawn(
             self._sink.record(
                 CallOutcome(

@@ -75,9 +75,7 @@ async def test_concurrent_new_caller_ids_respect_the_campaign_rotation_limit(
     profiles = BuiltinProfiles(campaign_callerids_per_day=4)
     deciders = [make_decider(a, profiles), make_decider(b, profiles)]
     requests = [
-        DecisionRequest(
-            caller_id=c, destination=f"+1212264{i:04d}", campaign="spring", at=NOON_NY
-        )
+        DecisionRequest(caller_id=c, destination=f"+1212264{i:04d}", campaign="spring", at=NOON_NY)
         for i, c in enumerate(callers)
     ]
     rules = await _race(deciders, requests)

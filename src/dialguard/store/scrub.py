@@ -40,6 +40,19 @@ class ScrubStore:
             rows = await conn.fetch(q("scrub_prefix_lengths"), campaign)
         return [int(r["n"]) for r in rows]
 
+    async def prefix_count(self, campaign: str) -> int:
+        async with connection(self._pool) as conn:
+            count: int = await conn.fetchval(q("scrub_prefix_count"), campaign)
+        return count
+
+    async def prefixes(self, campaign: str, at: datetime) -> dict[str, dict[str, Any]]:
+        """The live prefix entries for ``campaign`` (its own, else global), keyed by prefix."""
+        async with connection(self._pool) as conn, conn.transaction():
+            return {
+                row["prefix"]: _blacklist("prefix", row["prefix"], row)
+                async for row in conn.cursor(q("scrub_prefixes"), campaign, at, prefetch=5000)
+            }
+
     async def known(
         self,
         destinations: Sequence[str],
@@ -52,32 +65,27 @@ class ScrubStore:
         """Facts for the E.164 ``destinations`` the database knows, keyed by destination."""
         async with connection(self._pool) as conn:
             rows = await conn.fetch(
-                _FACTS, list(destinations), campaign, at, lookback_s, list(prefix_lengths)
+                _FACTS, ",".join(destinations), campaign, at, lookback_s, list(prefix_lengths)
             )
         return {row["dest"]: _known(row) for row in rows}
 
 
+def _blacklist(match: str, value: str, row: Any, column: str = "") -> dict[str, Any]:
+    """The facts of a blacklist match, as ``dg_decide`` states them."""
+    return {
+        "match": match,
+        "value": value,
+        "scope": "campaign" if row[column + "campaign"] else "global",
+        "source": row[column + "source"],
+        "expires_at": row[column + "expires_at"],
+    }
+
+
 def _known(row: Any) -> KnownDestination:
     if row["number_source"] is not None:
-        return KnownDestination(
-            {
-                "match": "number",
-                "value": row["dest"],
-                "scope": "campaign" if row["number_campaign"] else "global",
-                "source": row["number_source"],
-                "expires_at": row["number_expires_at"],
-            },
-            (),
-        )
+        return KnownDestination(_blacklist("number", row["dest"], row, "number_"), ())
     if row["prefix"] is not None:
-        return KnownDestination(
-            {
-                "match": "prefix",
-                "value": row["prefix"],
-                "scope": "campaign" if row["prefix_campaign"] else "global",
-                "source": row["prefix_source"],
-                "expires_at": row["prefix_expires_at"],
-            },
-            (),
-        )
-    return KnownDestination(None, tuple(zip(row["ats"], row["callers"], row["answered"], strict=True)))
+        return KnownDestination(_blacklist("prefix", row["prefix"], row, "prefix_"), ())
+    return KnownDestination(
+        None, tuple(zip(row["ats"], row["callers"], row["answered"], strict=True))
+    )

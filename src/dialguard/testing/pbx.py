@@ -587,9 +587,12 @@ class Pbx:
             await self._dialplan_hangup(call, cause)
             return
         if ch is call.trunk:
-            # Like the far end hanging up: the outbound halves end normally after it.
+            if ch.stasis_app is not None:
+                await self.stasis_end(ch)
             await self.destroy(ch, cause)
-            await self._dialplan_hangup(call, 16 if call.answered else cause)
+            if call.stasis is not None:
+                # Like the far end hanging up: the outbound halves end normally after it.
+                await self._dialplan_hangup(call, 16 if call.answered else cause)
             return
         # The originated ;1 half: Local propagates the hangup to ;2 and the trunk.
         await self.destroy(ch, cause)
@@ -744,11 +747,15 @@ class Pbx:
         await self.emit_channel("ChannelStateChange", ch)
         await self.dial_event(caller, ch, "RINGING", "")
         await asyncio.sleep(outcome.ring_seconds)
+        if ch.destroyed:
+            return  # hung up over ARI while ringing
         if outcome.kind == "answered":
             ch.state = "Up"
             await self.emit_channel("ChannelStateChange", ch)
             await self.dial_event(caller, ch, "ANSWER", "")
             await asyncio.sleep(outcome.talk_seconds)
+            if ch.destroyed:
+                return  # hung up over ARI during the call
             cause: int = 16
             tech: int | None = None
         else:

@@ -1,0 +1,204 @@
+"""Request bodies: size-limited JSON, and CSV streamed record by record with line numbers.
+
+A CSV body is never held whole: it is read in blocks, decoded incrementally and handed on in
+batches of records, each with the line it starts on. A body that is not UTF-8 or breaks the CSV
+quoting rules raises :class:`MalformedBody` with the line and column of the fault.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from dialguard.api.errors import BadRequest, MalformedBody, TooLarge, UnsupportedMedia
+
+BLOCK = 256 * 1024
+Record = tuple[int, list[str]]
+"""(line the record starts on, its fields)."""
+
+
+async def read_json(request: web.Request, max_body: int) -> Any:
+    """The JSON body, at most ``max_body`` bytes (413 above); 400 with the position if broken."""
+    if request.content_type not in ("application/json", ""):
+        raise UnsupportedMedia(f"expected application/json, got {request.content_type}")
+    if request.content_length is not None and request.content_length > max_body:
+        raise TooLarge(f"the body is {request.content_length} bytes; api.max_body is {max_body}")
+    raw = await request.content.read(max_body + 1)
+    while len(raw) <= max_body and not request.content.at_eof():
+        more = await request.content.read(max_body + 1 - len(raw))
+        if not more:
+            break
+        raw += more
+    if len(raw) > max_body:
+        raise TooLarge(f"the body is larger than api.max_body ({max_body} bytes)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, column = position(raw[: exc.start])
+        raise MalformedBody("not UTF-8", line=line, column=column) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MalformedBody(exc.msg, line=exc.lineno, column=exc.colno) from None
+
+
+def position(prefix: bytes) -> tuple[int, int]:
+    """(line, column) just after ``prefix``, both 1-based, columns in characters."""
+    line = prefix.count(b"\n") + 1
+    last = prefix[prefix.rfind(b"\n") + 1 :]
+    return line, len(last.decode("utf-8", errors="replace")) + 1
+
+
+def json_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def text_field(body: dict[str, Any], name: str, *, required: bool = False) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise BadRequest(f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string")
+    if "\x00" in value:
+        raise BadRequest(f"{name} holds a NUL character")
+    if required and not value.strip():
+        raise BadRequest(f"{name} must not be empty")
+    return value
+
+
+def time_value(text: str | None, name: str) -> datetime | None:
+    """An ISO 8601 time with an offset, or None."""
+    if text is None or text == "":
+        return None
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"{name}: not an ISO 8601 time: {text!r}") from None
+    if value.tzinfo is None:
+        raise BadRequest(f"{name}: {text!r} has no offset; add Z or +HH:MM")
+    return value
+
+
+def int_value(text: str | None, name: str, *, low: int, high: int, default: int) -> int:
+    if text is None or text == "":
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise BadRequest(f"{name} must be a whole number from {low} to {high}")
+    return int(text)
+
+
+async def csv_records(request: web.Request, *, batch: int = 5000) -> AsyncIterator[list[Record]]:
+    """Batches of CSV records from the streamed body, blank lines skipped."""
+    if request.content_type not in ("text/csv", "text/plain", "application/csv"):
+        raise UnsupportedMedia(f"expected text/csv, got {request.content_type}")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    pending = ""  # an unfinished last line, or an unfinished quoted record
+    pending_line = 1  # the line ``pending`` starts on
+    newlines = 0  # newlines in the bytes before the current block, for error positions
+    head = b""  # bytes after the last of those newlines
+    out: list[Record] = []
+    async for block in request.content.iter_chunked(BLOCK):
+        try:
+            text = decoder.decode(block)
+        except UnicodeDecodeError as exc:
+            before = head + block[: max(exc.start, 0)]
+            line, column = position(before)
+            raise MalformedBody("not UTF-8", line=newlines + line, column=column) from None
+        newlines += block.count(b"\n")
+        cut_bytes = block.rfind(b"\n")
+        head = block[cut_bytes + 1 :] if cut_bytes >= 0 else head + block
+        text = pending + text
+        cut = _complete_prefix(text)
+        pending, complete = text[cut:], text[:cut]
+        pending_line = _parse(complete, pending_line, out)
+        while len(out) >= batch:
+            yield out[:batch]
+            del out[:batch]
+    try:
+        tail = pending + decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise MalformedBody("not UTF-8 at the end", line=newlines + 1, column=1) from None
+    if tail:
+        _parse(tail if tail.endswith("\n") else tail + "\n", pending_line, out)
+    if out:
+        yield out
+
+
+def _complete_prefix(text: str) -> int:
+    """Where the last complete record of ``text`` ends: after a newline outside quotes."""
+    if '"' not in text:
+        return text.rfind("\n") + 1
+    end = pos = quotes = 0
+    while (newline := text.find("\n", pos)) >= 0:
+        quotes += text.count('"', pos, newline)
+        pos = newline + 1
+        if quotes % 2 == 0:
+            end = pos
+    return end
+
+
+def _parse(text: str, first_line: int, out: list[Record]) -> int:
+    """Parse complete records into ``out``; returns the line after the last one."""
+    if not text:
+        return first_line
+    if "\x00" in text:
+        at = text.index("\x00")
+        bad = first_line + text.count("\n", 0, at)
+        raise MalformedBody("NUL character", line=bad, column=at - text.rfind("\n", 0, at))
+    # Split on newlines only: str.splitlines would also split on \r, \v, \f and others.
+    lines = text.split("\n")[:-1]
+    if '"' not in text:
+        for i, line in enumerate(lines):
+            stripped = line.rstrip("\r")
+            if stripped.strip():
+                out.append((first_line + i, stripped.split(",")))
+        return first_line + len(lines)
+    lines = [line + "\n" for line in lines]
+    reader = csv.reader(lines, strict=True)
+    start = first_line
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            bad = first_line + reader.line_num - 1
+            raise MalformedBody(
+                f"CSV: {exc}", line=bad, column=_fault_column(lines[reader.line_num - 1])
+            ) from None
+        if fields and any(f.strip() for f in fields):
+            out.append((start, fields))
+        start = first_line + reader.line_num
+    return first_line + len(lines)
+
+
+def _fault_column(line: str) -> int:
+    """The 1-based column where strict CSV quoting breaks in ``line`` (best effort)."""
+    quoted = False
+    field_start = True
+    i = 0
+    while i < len(line):
+        ch = line[i]
+        if quoted:
+            if ch == '"':
+                if i + 1 < len(line) and line[i + 1] == '"':
+                    i += 2
+                    continue
+                quoted = False
+                if i + 1 < len(line) and line[i + 1] not in ",\r\n":
+                    return i + 2
+        elif ch == '"' and field_start:
+            quoted = True
+        field_start = ch == "," and not quoted
+        i += 1
+    return line.rfind('"') + 1 if quoted else len(line.rstrip("\r\n")) + 1
