@@ -16,6 +16,7 @@ import asyncpg
 
 from dialguard.config import Settings, profile_raw
 from dialguard.decider import Decider, DecisionMetrics, FailOpenSpool, NumberPolicy
+from dialguard.policy.feedback import FeedbackPolicy
 from dialguard.store.blacklist import BlacklistStore
 from dialguard.store.callerids import CallerIdStore
 from dialguard.store.campaigns import CampaignStore
@@ -58,10 +59,15 @@ class Stores:
     blacklist: BlacklistStore
 
     @classmethod
-    def on(cls, pool: asyncpg.Pool) -> Stores:
+    def on(cls, pool: asyncpg.Pool, feedback: FeedbackPolicy | None = None) -> Stores:
+        policy = feedback or FeedbackPolicy()
         return cls(
             pool,
-            DecisionStore(pool),
+            DecisionStore(
+                pool,
+                carrier_block_window=policy.carrier_block_window,
+                carrier_block_share=policy.carrier_block_share,
+            ),
             CampaignStore(pool),
             CallerIdStore(pool),
             BlacklistStore(pool),
@@ -113,7 +119,7 @@ async def open_stores(
         try:
             if run_migrations:
                 await migrate(pool)
-            yield Stores.on(pool)
+            yield Stores.on(pool, settings.feedback)
         finally:
             await pool.close()
         return
@@ -290,14 +296,13 @@ class Service:
         from dialguard.api.routes import ApiDeps, build_api_app
         from dialguard.bulk_numbers import BulkNumbers
         from dialguard.feedback import Feedback
-        from dialguard.policy.feedback import FeedbackPolicy
         from dialguard.scrub import Scrubber
         from dialguard.store.complaints import ComplaintStore
         from dialguard.store.errors import Conflict, NotFound, StoreUnavailable
         from dialguard.store.health import HealthStore
         from dialguard.store.scrub import ScrubStore
 
-        pool, numbers, policy = self.stores.pool, self.settings.numbers, FeedbackPolicy()
+        pool, numbers, policy = self.stores.pool, self.settings.numbers, self.settings.feedback
         complaints = ComplaintStore(pool)
         deps = ApiDeps(
             decider=self.decider,

@@ -274,7 +274,7 @@ async def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
         tx = conn.transaction()
         await tx.start()
         try:
-            local = Stores.on(OneConnection(conn))
+            local = Stores.on(OneConnection(conn), settings.feedback)
             decider = build_decider(settings, local, deadline=CLI_DEADLINE)
             results = await replay(rows, decider, local.decisions)
         except BaseException:
@@ -500,12 +500,11 @@ async def _blacklist_import(settings: Settings, stores: Stores, args: argparse.N
 
 def _feedback(settings: Settings, stores: Stores) -> Any:
     from dialguard.feedback import Feedback
-    from dialguard.policy.feedback import FeedbackPolicy
     from dialguard.store.complaints import ComplaintStore
 
     return Feedback(
         complaints=ComplaintStore(stores.pool),
-        policy=FeedbackPolicy(),
+        policy=settings.feedback,
         default_region=settings.numbers.default_region,
     )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dialguard.numbers import is_valid_region
+from dialguard.policy.feedback import FeedbackPolicy
 from dialguard.policy.profile import (
     PROFILE_KEYS,
     Profile,
@@ -107,6 +108,7 @@ class Settings:
     numbers: NumberSettings
     profiles: Mapping[str, Profile]
     profiles_raw: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    feedback: FeedbackPolicy = field(default_factory=FeedbackPolicy)
     source: str = "built-in defaults"
 
 
@@ -146,6 +148,21 @@ _SCHEMA: dict[tuple[str, str], tuple[Any, str]] = {
     ("proxy", "password"): (None, "str?"),
     ("proxy", "trunk_patterns"): ([r"^PJSIP/(?P<destination>[^@]+)@carrier$"], "regexes"),
     ("proxy", "campaign_variable"): ("CAMPAIGN", "str"),
+    ("feedback", "complaints_to_rest"): (3, "int"),
+    ("feedback", "complaints_window"): ("24h", "duration"),
+    ("feedback", "complaint_rate_to_rest"): (0.005, "ratio"),
+    ("feedback", "complaint_rate_calls"): (1000, "int"),
+    ("feedback", "complaint_rate_min_calls"): (200, "int"),
+    ("feedback", "campaign_complaint_rate_to_pause"): (0.01, "ratio"),
+    ("feedback", "campaign_window"): ("24h", "duration"),
+    ("feedback", "campaign_min_calls"): (200, "int"),
+    ("feedback", "carrier_block_window"): (50, "int"),
+    ("feedback", "carrier_block_share"): (0.5, "ratio"),
+    ("feedback", "complaint_expiry"): ({}, "expiry_table"),
+    ("feedback", "complaint_sources"): ([], "list"),
+    ("feedback", "attribution_window"): ("30d", "duration"),
+    ("feedback", "health_calls"): (1000, "int"),
+    ("feedback", "short_call_seconds"): (6, "int"),
     ("numbers", "default_region"): ("US", "region"),
     ("numbers", "fallback_timezone"): ("America/New_York", "zone"),
 }
@@ -201,6 +218,31 @@ def _parse(kind: str, value: Any, where: str) -> Any:
             return int(match.group(1)) / 1000 if match else float(parse_duration(text))
         except ValueSyntaxError as exc:
             raise ValueError(f"expected a duration like 500ms or 2s, got {value!r}") from exc
+    if base == "duration":
+        try:
+            return parse_duration(str(value))
+        except ValueSyntaxError as exc:
+            raise ValueError(str(exc)) from None
+    if base == "ratio":
+        try:
+            ratio = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a fraction like 0.005, got {value!r}") from None
+        if not 0 < ratio <= 1:
+            raise ValueError(f"expected a fraction above 0 and at most 1, got {value!r}")
+        return ratio
+    if base == "expiry_table":
+        # A TOML table {crm = "30d"}, or "crm=30d,internal=7d" from the environment.
+        if isinstance(value, dict):
+            pairs = [(str(k), str(v)) for k, v in value.items()]
+        else:
+            pairs = [tuple(p.split("=", 1)) for p in str(value).split(",") if p.strip()]  # type: ignore[misc]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError(f"expected source=duration pairs, got {value!r}")
+        try:
+            return {k.strip(): parse_duration(v.strip()) for k, v in pairs}
+        except ValueSyntaxError as exc:
+            raise ValueError(str(exc)) from None
     if base == "retention":
         text = str(value).strip()
         if text == "off":
@@ -354,6 +396,23 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
             v("proxy", "campaign_variable"),
         ),
         numbers=NumberSettings(v("numbers", "default_region"), v("numbers", "fallback_timezone")),
+        feedback=FeedbackPolicy(
+            complaints_to_rest=v("feedback", "complaints_to_rest"),
+            complaints_window_s=v("feedback", "complaints_window"),
+            complaint_rate_to_rest=v("feedback", "complaint_rate_to_rest"),
+            complaint_rate_calls=v("feedback", "complaint_rate_calls"),
+            complaint_rate_min_calls=v("feedback", "complaint_rate_min_calls"),
+            campaign_complaint_rate_to_pause=v("feedback", "campaign_complaint_rate_to_pause"),
+            campaign_window_s=v("feedback", "campaign_window"),
+            campaign_min_calls=v("feedback", "campaign_min_calls"),
+            carrier_block_window=v("feedback", "carrier_block_window"),
+            carrier_block_share=v("feedback", "carrier_block_share"),
+            complaint_expiry=v("feedback", "complaint_expiry"),
+            extra_sources=v("feedback", "complaint_sources"),
+            attribution_window_s=v("feedback", "attribution_window"),
+            health_calls=v("feedback", "health_calls"),
+            short_call_seconds=v("feedback", "short_call_seconds"),
+        ),
         profiles=profiles,
         profiles_raw={n: {**builtin_raw(n), **r} for n, r in profiles_raw.items()},
         source=str(path) if path else "built-in defaults",

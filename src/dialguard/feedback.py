@@ -12,7 +12,7 @@ from typing import Protocol
 
 from dialguard.blacklist_csv import parse_time
 from dialguard.numbers import try_normalise
-from dialguard.policy.codes import COMPLAINT_SOURCES, RestReason
+from dialguard.policy.codes import RestReason
 from dialguard.policy.feedback import (
     Complaint,
     ComplaintError,
@@ -122,10 +122,7 @@ class Feedback:
                 if r.duplicate:
                     continue
                 c = r.complaint
-                # The metric's source label is a closed set; other configured sources are
-                # recorded and acted on but not counted by source.
-                if c.source in COMPLAINT_SOURCES:
-                    self._metrics.complaint(c.source, c.campaign, c.caller_id)
+                self._metrics.complaint(c.source, c.campaign, c.caller_id)
                 if r.effects.callerid_rested:
                     self._metrics.callerid_rested(RestReason.COMPLAINTS, c.campaign)
         return recorded

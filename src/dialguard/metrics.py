@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_MAX_CALLER_IDS",
     "DEFAULT_MAX_CAMPAIGNS",
     "NO_RULE",
+    "OTHER_SOURCE",
     "OVERFLOW_LABEL",
     "REDACTED_LABEL",
     "Metrics",
@@ -90,6 +91,7 @@ _DECISION_KEYS: Final[tuple[tuple[str, str], ...]] = (
     *((Verdict.DENY.value, rule.value) for rule in Rule),
 )
 _COMPLAINT_SOURCES: Final = frozenset(COMPLAINT_SOURCES)
+OTHER_SOURCE: Final = "other"
 _REJECTION_LABELS: Final = frozenset(CARRIER_REJECTION_LABELS)
 _STATES: Final[tuple[str, ...]] = tuple(state.value for state in CallerIdState)
 _REASONS: Final[tuple[str, ...]] = tuple(reason.value for reason in RestReason)
@@ -295,9 +297,10 @@ class Metrics:
     # -- feedback ----------------------------------------------------------------------------
 
     def complaint(self, source: str, campaign: str | None, caller_id: str | None = None) -> None:
-        if source not in _COMPLAINT_SOURCES:
-            raise ValueError(f"unknown complaint source {source!r}")
-        self._series(campaign).complaints[source].inc()
+        """Count a complaint; sources an operator added beyond the shipped ones count as
+        ``other``, so the label stays a closed set."""
+        label = source if source in _COMPLAINT_SOURCES else OTHER_SOURCE
+        self._series(campaign).complaints[label].inc()
         if caller_id and self._callerid_complaints is not None:
             self._callerid_series(caller_id).complaints.inc()
 
@@ -382,7 +385,9 @@ class Metrics:
                 (verdict, rule): self._decisions.labels(verdict, rule, campaign)
                 for verdict, rule in _DECISION_KEYS
             },
-            complaints={s: self._complaints.labels(s, campaign) for s in COMPLAINT_SOURCES},
+            complaints={
+                s: self._complaints.labels(s, campaign) for s in (*COMPLAINT_SOURCES, OTHER_SOURCE)
+            },
             carrier_rejections={
                 c: self._carrier_rejections.labels(c, campaign) for c in CARRIER_REJECTION_LABELS
             },

@@ -65,6 +65,41 @@ EVERY_KEY: dict[tuple[str, str], tuple[str, Any, Getter]] = {
         lambda s: s.proxy.trunk_patterns,
     ),
     ("proxy", "campaign_variable"): ("CAMP", "CAMP", lambda s: s.proxy.campaign_variable),
+    ("feedback", "complaints_to_rest"): ("5", 5, lambda s: s.feedback.complaints_to_rest),
+    ("feedback", "complaints_window"): ("12h", 43200, lambda s: s.feedback.complaints_window_s),
+    ("feedback", "complaint_rate_to_rest"): (
+        "0.01",
+        0.01,
+        lambda s: s.feedback.complaint_rate_to_rest,
+    ),
+    ("feedback", "complaint_rate_calls"): ("500", 500, lambda s: s.feedback.complaint_rate_calls),
+    ("feedback", "complaint_rate_min_calls"): (
+        "100",
+        100,
+        lambda s: s.feedback.complaint_rate_min_calls,
+    ),
+    ("feedback", "campaign_complaint_rate_to_pause"): (
+        "0.02",
+        0.02,
+        lambda s: s.feedback.campaign_complaint_rate_to_pause,
+    ),
+    ("feedback", "campaign_window"): ("2d", 172800, lambda s: s.feedback.campaign_window_s),
+    ("feedback", "campaign_min_calls"): ("50", 50, lambda s: s.feedback.campaign_min_calls),
+    ("feedback", "carrier_block_window"): ("20", 20, lambda s: s.feedback.carrier_block_window),
+    ("feedback", "carrier_block_share"): ("0.3", 0.3, lambda s: s.feedback.carrier_block_share),
+    ("feedback", "complaint_expiry"): (
+        "crm=30d,internal=7d",
+        {"crm": 2592000, "internal": 604800},
+        lambda s: dict(s.feedback.complaint_expiry),
+    ),
+    ("feedback", "complaint_sources"): (
+        "ftc,ofcom",
+        ("ftc", "ofcom"),
+        lambda s: s.feedback.extra_sources,
+    ),
+    ("feedback", "attribution_window"): ("7d", 604800, lambda s: s.feedback.attribution_window_s),
+    ("feedback", "health_calls"): ("200", 200, lambda s: s.feedback.health_calls),
+    ("feedback", "short_call_seconds"): ("3", 3, lambda s: s.feedback.short_call_seconds),
     ("numbers", "default_region"): ("GB", "GB", lambda s: s.numbers.default_region),
     ("numbers", "fallback_timezone"): (
         "Europe/London",
@@ -151,8 +186,10 @@ def test_every_key_from_the_environment_overrides_the_file(
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
+    if isinstance(value, int | float):
         return str(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return "'" + str(value) + "'"

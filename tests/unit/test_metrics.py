@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dialguard.metrics import (
     DECISION_SECONDS_BUCKETS,
+    OTHER_SOURCE,
     OVERFLOW_LABEL,
     REDACTED_LABEL,
     Metrics,
@@ -37,7 +38,7 @@ CAMPAIGN_METRICS = {
 }
 CAMPAIGN_LABEL_VALUES = {
     "dialguard_decisions_total": {"none", *Rule},
-    "dialguard_complaints_total": set(COMPLAINT_SOURCES),
+    "dialguard_complaints_total": {*COMPLAINT_SOURCES, OTHER_SOURCE},
     "dialguard_carrier_rejections_total": set(CARRIER_REJECTION_LABELS),
     "dialguard_callerid_rests_total": set(RestReason),
     "dialguard_call_outcomes_total": set(Outcome),
@@ -205,11 +206,18 @@ def test_impossible_decisions_are_refused(verdict: str, rule: str | None) -> Non
         metrics.decision(verdict, rule, None, 0.001)
 
 
+def test_a_complaint_source_an_operator_added_counts_as_other() -> None:
+    metrics, registry = make()
+    metrics.complaint("ofcom", "spring")
+    value = registry.get_sample_value(
+        "dialguard_complaints_total", {"source": OTHER_SOURCE, "campaign": "spring"}
+    )
+    assert value == 1.0
+
+
 def test_label_values_outside_the_closed_sets_are_refused() -> None:
     metrics, registry = make()
     before = samples(registry)
-    with pytest.raises(ValueError):
-        metrics.complaint("twitter", None)
     with pytest.raises(ValueError):
         metrics.carrier_rejection("sip_486", None)
     with pytest.raises(ValueError):
