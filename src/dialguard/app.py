@@ -174,10 +174,12 @@ class Service:
         from dialguard import __version__
         from dialguard.ari.client import AriClient
         from dialguard.ari.listener import EventListener
+        from dialguard.feedback import Feedback
         from dialguard.gate import Gate, GateConfig
         from dialguard.metrics import Metrics
         from dialguard.outcomes import OutcomeTracker, StoreOutcomeSink
         from dialguard.spool import Spool
+        from dialguard.store.complaints import ComplaintStore
         from dialguard.store.decisions import insert_spooled
         from dialguard.tasks import TaskSet
 
@@ -190,6 +192,13 @@ class Service:
         )
         self.tasks = TaskSet()
         self.spool = Spool(settings.gate.spool_dir, lambda rows: insert_spooled(stores.pool, rows))
+        self.complaints = ComplaintStore(stores.pool)
+        self.feedback = Feedback(
+            complaints=self.complaints,
+            policy=settings.feedback,
+            default_region=settings.numbers.default_region,
+            metrics=self.metrics,
+        )
         self.profiles = SettingsProfiles(settings)
         self.decider = build_decider(
             settings, stores, metrics=self.metrics, spool=self.spool, profiles=self.profiles
@@ -203,7 +212,7 @@ class Service:
             session=self._session,
         )
         self.outcomes = OutcomeTracker(
-            StoreOutcomeSink(stores.decisions), self.metrics, self.tasks.spawn
+            StoreOutcomeSink(stores.decisions, self.metrics), self.metrics, self.tasks.spawn
         )
         gate = settings.gate
         self.gate = Gate(
@@ -295,24 +304,16 @@ class Service:
         from dialguard.admin import Audit, CallerIds, Campaigns
         from dialguard.api.routes import ApiDeps, build_api_app
         from dialguard.bulk_numbers import BulkNumbers
-        from dialguard.feedback import Feedback
         from dialguard.scrub import Scrubber
-        from dialguard.store.complaints import ComplaintStore
         from dialguard.store.errors import Conflict, NotFound, StoreUnavailable
         from dialguard.store.health import HealthStore
         from dialguard.store.scrub import ScrubStore
 
         pool, numbers, policy = self.stores.pool, self.settings.numbers, self.settings.feedback
-        complaints = ComplaintStore(pool)
         deps = ApiDeps(
             decider=self.decider,
-            audit=Audit(pool, complaints),
-            feedback=Feedback(
-                complaints=complaints,
-                policy=policy,
-                default_region=numbers.default_region,
-                metrics=self.metrics,
-            ),
+            audit=Audit(pool, self.complaints),
+            feedback=self.feedback,
             scrub=Scrubber(
                 store=ScrubStore(pool),
                 profiles=self.decider,

@@ -25,6 +25,7 @@ from typing import Any
 from dialguard.app import Service, open_stores
 from dialguard.config import Settings
 from dialguard.policy.codes import Rule
+from dialguard.policy.feedback import ComplaintRequest
 from dialguard.testing import FakeAsterisk, Outcome
 
 # Callers are national US numbers, as a US PBX sends them.
@@ -110,7 +111,7 @@ def scenarios(rng: random.Random) -> list[Scenario]:
             0.8,
             lambda i: (fresh(i), LONG_CALLS, "tight", Outcome.answered(6.0)),
         ),
-        Scenario("carrier-reject", 0.8, lambda i: (fresh(i), REJECTED, "spring", Outcome.sip(603))),
+        Scenario("carrier-reject", 1.2, lambda i: (fresh(i), REJECTED, "spring", Outcome.sip(603))),
     ]
 
 
@@ -275,6 +276,9 @@ def _demo_settings(settings: Settings, workdir: Path, ari_url: str) -> Settings:
         database=replace(settings.database, url=None, data_dir=workdir),
         ari=replace(settings.ari, url=ari_url, password=settings.ari.password or "dialguard"),
         gate=replace(settings.gate, spool_dir=workdir / "spool", fail_mode="closed"),
+        # A short judging window, so that a demo minute shows a caller ID rested for carrier
+        # blocks; production judges over the last 50 completed calls.
+        feedback=replace(settings.feedback, carrier_block_window=8),
     )
 
 
@@ -311,13 +315,29 @@ async def _drive(
     await stall
     await fake.wait_for(lambda: _outcome_seen(service), timeout=10.0)
     await _place(fake, *opening[-1])
+    complaint_sources = itertools.cycle(["carrier", "12321", "crm", "regulator"])
+    next_complaint = time.monotonic() + 1.5
     for i in itertools.count():
         now = time.monotonic()
         elapsed = now - started
         if stop.is_set() or (duration is not None and elapsed >= duration):
             break
         scenario = rng.choices(plan, weights)[0]
-        await _place(fake, *scenario.place(i))
+        number, caller, campaign, outcome = scenario.place(i)
+        await _place(fake, number, caller, campaign, outcome)
+        if now >= next_complaint and scenario.name == "fresh":
+            # Someone called a moment ago complains: the number is blacklisted and the
+            # complaint counts against the caller ID and the campaign.
+            await service.feedback.complain(
+                ComplaintRequest(
+                    destination=number,
+                    source=next(complaint_sources),
+                    caller_id=caller,
+                    campaign=campaign,
+                    text="asked not to be called again",
+                )
+            )
+            next_complaint = now + 1.5
         if now >= next_report:
             print(_summary(_rule_counts(service), elapsed), flush=True)
             next_report = now + 2.0

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from dialguard.policy.codes import Outcome
+from dialguard.policy.codes import Outcome, RestReason
 from dialguard.policy.outcome import classify, rejection_label
 from dialguard.store.errors import StoreUnavailable
 
@@ -308,6 +308,11 @@ def _answered_seconds(answered_at: datetime | None, ended_at: datetime) -> int |
     return max(0, round((ended_at - answered_at).total_seconds()))
 
 
+class RecordedOutcome(Protocol):
+    @property
+    def rested(self) -> bool: ...
+
+
 class OutcomeStore(Protocol):
     async def record_outcome(
         self,
@@ -318,21 +323,37 @@ class OutcomeStore(Protocol):
         cause: int | None,
         sip_code: int | None,
         at: datetime,
-    ) -> object: ...
+    ) -> RecordedOutcome: ...
+
+
+class RestMetrics(Protocol):
+    def callerid_rested(self, reason: str, campaign: str | None) -> None: ...
 
 
 class StoreOutcomeSink:
-    """Records outcomes in the database, retrying through a short outage."""
+    """Records outcomes in the database, retrying through a short outage.
 
-    def __init__(self, store: OutcomeStore, *, attempts: int = 30, pause: float = 1.0) -> None:
+    The recording transaction also judges the caller ID's carrier-block signal; when it rests
+    the caller ID, that is counted here.
+    """
+
+    def __init__(
+        self,
+        store: OutcomeStore,
+        metrics: RestMetrics | None = None,
+        *,
+        attempts: int = 30,
+        pause: float = 1.0,
+    ) -> None:
         self._store = store
+        self._metrics = metrics
         self._attempts = attempts
         self._pause = pause
 
     async def record(self, outcome: CallOutcome) -> None:
         for attempt in range(self._attempts):
             try:
-                await self._store.record_outcome(
+                recorded = await self._store.record_outcome(
                     outcome.decision_id,
                     outcome=outcome.outcome.value,
                     answered_seconds=outcome.answered_seconds,
@@ -340,6 +361,14 @@ class StoreOutcomeSink:
                     sip_code=outcome.sip_code,
                     at=outcome.at,
                 )
+                if recorded.rested and self._metrics is not None:
+                    log.warning(
+                        "caller ID %s rested: carrier rejections reached the block threshold",
+                        outcome.caller_id,
+                    )
+                    self._metrics.callerid_rested(
+                        RestReason.CARRIER_BLOCK_SUSPECTED.value, outcome.campaign
+                    )
                 return
             except StoreUnavailable as exc:
                 if attempt + 1 == self._attempts:

@@ -13,7 +13,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.system.prometheus_harness import RunningPrometheus, free_port, running_prometheus
+from tests.system.prometheus_harness import (
+    RunningPrometheus,
+    free_port,
+    running_prometheus,
+    wait_for,
+)
 from tests.system.test_dashboard_queries import (
     ALERT_EXPRESSIONS,
     DASHBOARD_QUERIES,
@@ -87,3 +92,14 @@ async def _check_queries(prometheus: RunningPrometheus) -> None:
         if not await prometheus.query(vector_part(expr)):
             empty.append(f"alert {alert}: {vector_part(expr)}")
     assert not empty, "queries without data:\n" + "\n".join(empty)
+    # The loops at work: complaints arrived, and the carrier-block signal rested a caller ID.
+    for expr in (
+        "sum(dialguard_complaints_total) > 0",
+        'sum(dialguard_callerid_rests_total{reason="carrier_block_suspected"}) > 0',
+        'sum(dialguard_carrier_rejections_total{cause="sip_603"}) > 0',
+    ):
+
+        async def holds(expr: str = expr) -> bool:
+            return bool(await prometheus.query(expr))
+
+        await wait_for(holds, seconds=20, what=expr)
