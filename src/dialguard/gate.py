@@ -245,10 +245,11 @@ class Gate:
                 channel.id, "DIALGUARD_DECISION_ID", str(decision.decision_id or "")
             ),
         )
-        if decision.decision_id is not None:
-            self._outcomes.allowed(
-                channel.id, decision.decision_id, decision.campaign, decision.caller_id
-            )
+        # Fail-open decisions have no id yet, but the call is allowed all the same: tracked, so
+        # the bypass detector leaves its trunk leg alone.
+        self._outcomes.allowed(
+            channel.id, decision.decision_id, decision.campaign, decision.caller_id
+        )
         await self._ari.continue_in_dialplan(channel.id, label=self._config.allow_label)
 
     async def _deny(self, channel: Channel, decision: Decision) -> None:
