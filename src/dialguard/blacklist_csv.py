@@ -9,17 +9,17 @@ without a header is one number a line, optionally followed by those columns in t
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 
 from dialguard.numbers import InvalidNumber, is_e164_prefix, normalise_for_list
+from dialguard.policy.model import BlacklistNumberRow, BlacklistPrefixRow
+from dialguard.policy.values import parse_instant as parse_time
 
 NUMBER_COLUMNS = ("number", "value", "destination")
 OPTIONAL_COLUMNS = ("campaign", "source", "reason", "expires_at", "kind")
-StageRow = tuple[int, str, str, str | None, datetime | None]
-PrefixRow = tuple[str, str, str, str | None, datetime | None]
-"""(E.164 prefix, campaign or '', source, reason, expires_at)."""
+StageRow = BlacklistNumberRow
+PrefixRow = BlacklistPrefixRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,17 +29,6 @@ class RowError:
 
     def __str__(self) -> str:
         return f"line {self.line}: {self.message}"
-
-
-def parse_time(text: str) -> datetime:
-    """An ISO 8601 time that must carry an offset (``Z`` or ``+02:00``)."""
-    try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"not an ISO 8601 time: {text!r}") from None
-    if value.tzinfo is None:
-        raise ValueError(f"time {text!r} has no offset; add Z or +HH:MM")
-    return value
 
 
 def read_rows(
@@ -95,7 +84,7 @@ def read_rows(
             elif kind in ("number", "prefix"):
                 if kind == "prefix":
                     raise ValueError("prefix rows are not taken here")
-                chunk.append(_row(values, columns[0], region, default_source))
+                chunk.append(number_row(values, columns[0], region, default_source))
             else:
                 raise ValueError(f"kind must be number or prefix, got {kind!r}")
         except (InvalidNumber, ValueError) as exc:
@@ -129,13 +118,15 @@ def _prefix_row(values: dict[str, str], key: str, default_source: str) -> Prefix
     )
 
 
-def _row(values: dict[str, str], key: str, region: str, default_source: str) -> StageRow:
+def number_row(values: Mapping[str, str], key: str, region: str, default_source: str) -> StageRow:
+    """One number row from its cells by column name (``key`` names the number's column);
+    raises InvalidNumber or ValueError with a message fit for the row's error line."""
     number = normalise_for_list(values.get(key, ""), region)
-    expires = values.get("expires_at") or ""
+    expires = (values.get("expires_at") or "").strip()
     return (
         int(number[1:]),
-        values.get("campaign") or "",
-        values.get("source") or default_source,
-        values.get("reason") or None,
+        (values.get("campaign") or "").strip(),
+        (values.get("source") or "").strip() or default_source,
+        (values.get("reason") or "").strip() or None,
         parse_time(expires) if expires else None,
     )

@@ -22,7 +22,7 @@ from typing import Any, NoReturn, TextIO
 
 from dialguard import __version__
 from dialguard.app import Stores, build_decider, open_stores
-from dialguard.blacklist_csv import PrefixRow, StageRow, parse_time, read_rows
+from dialguard.blacklist_csv import PrefixRow, StageRow, read_rows
 from dialguard.config import ConfigError, Settings, find_config_file, load_settings
 from dialguard.numbers import InvalidNumber, is_e164_prefix, normalise
 from dialguard.policy.codes import CallerIdState
@@ -30,6 +30,7 @@ from dialguard.policy.model import Decision, DecisionRequest
 from dialguard.policy.outcome import classify
 from dialguard.policy.profile import ProfileError, build_profile, parse_override_assignment
 from dialguard.policy.values import ValueSyntaxError
+from dialguard.policy.values import parse_instant as parse_time
 from dialguard.replay import ReplayInputError, read_call_log, replay
 from dialguard.store.errors import Conflict, NotFound, StoreUnavailable
 

@@ -10,7 +10,6 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
-from dialguard.blacklist_csv import parse_time
 from dialguard.numbers import try_normalise
 from dialguard.policy.codes import RestReason
 from dialguard.policy.feedback import (
@@ -21,6 +20,7 @@ from dialguard.policy.feedback import (
     FeedbackPolicy,
     ImportSummary,
 )
+from dialguard.policy.values import parse_instant as parse_time
 
 MAX_TEXT = 2000
 DESTINATION_COLUMNS = ("destination", "number")

@@ -8,10 +8,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from dialguard.blacklist_csv import parse_time
 from dialguard.decider import Decider
 from dialguard.policy.model import Decision, DecisionRequest
 from dialguard.policy.outcome import classify
+from dialguard.policy.values import parse_instant as parse_time
 from dialguard.store.decisions import DecisionStore
 
 REQUIRED = ("at", "caller_id", "destination", "campaign")

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from dialguard.blacklist_csv import RowError, StageRow, parse_time, read_rows
+from dialguard.blacklist_csv import RowError, StageRow, read_rows
+from dialguard.policy.values import parse_instant as parse_time
 
 
 def read(text: str, chunk_size: int = 50_000) -> tuple[list[StageRow], list[RowError]]:

@@ -16,8 +16,8 @@ from dialguard.api.bodies import csv_records, json_object, read_json, text_field
 from dialguard.api.context import answer, deps, number, prefix
 from dialguard.api.errors import MalformedBody, NotFound
 from dialguard.api.ports import StageRow
-from dialguard.blacklist_csv import NUMBER_COLUMNS, OPTIONAL_COLUMNS, parse_time
-from dialguard.numbers import InvalidNumber, normalise_for_list
+from dialguard.blacklist_csv import NUMBER_COLUMNS, OPTIONAL_COLUMNS, number_row
+from dialguard.numbers import InvalidNumber
 from dialguard.policy.feedback import ImportSummary
 
 CHUNK = 50_000
@@ -82,7 +82,7 @@ async def import_entries(request: web.Request) -> web.Response:
                         continue
                 try:
                     values = dict(zip(columns, fields, strict=False))
-                    rows.append(_row(values, columns[0], d.default_region, source))
+                    rows.append(number_row(values, columns[0], d.default_region, source))
                 except (InvalidNumber, ValueError) as exc:
                     summary.error(line, str(exc))
             if len(rows) >= CHUNK:
@@ -106,19 +106,6 @@ def _columns(first: list[str], line: int, summary: ImportSummary) -> list[str]:
     if unknown:
         summary.error(line, f"unknown columns {unknown}")
     return ["", *cells[1:]]
-
-
-def _row(values: dict[str, str], key: str, region: str, source: str) -> StageRow:
-    """One import row, read as ``dialguard blacklist import`` reads it."""
-    text = values.get(key, "").strip()
-    expires = (values.get("expires_at") or "").strip()
-    return (
-        int(normalise_for_list(text, region)[1:]),
-        (values.get("campaign") or "").strip(),
-        (values.get("source") or "").strip() or source,
-        (values.get("reason") or "").strip() or None,
-        parse_time(expires) if expires else None,
-    )
 
 
 def _summary(summary: ImportSummary) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from dialguard.api.errors import BadRequest, MalformedBody, TooLarge, UnsupportedMedia
+from dialguard.policy.values import ValueSyntaxError, parse_instant
 
 BLOCK = 256 * 1024
 Record = tuple[int, list[str]]
@@ -81,12 +82,9 @@ def time_value(text: str | None, name: str) -> datetime | None:
     if text is None or text == "":
         return None
     try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"{name}: not an ISO 8601 time: {text!r}") from None
-    if value.tzinfo is None:
-        raise BadRequest(f"{name}: {text!r} has no offset; add Z or +HH:MM")
-    return value
+        return parse_instant(text)
+    except ValueSyntaxError as exc:
+        raise BadRequest(f"{name}: {exc}") from None
 
 
 def int_value(text: str | None, name: str, *, low: int, high: int, default: int) -> int:

@@ -13,12 +13,11 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from dialguard.policy.feedback import ComplaintRecorded, ComplaintRequest, ImportSummary
-from dialguard.policy.model import Decision, DecisionRequest
+from dialguard.policy.model import BlacklistNumberRow, Decision, DecisionRequest
 from dialguard.policy.scrub import ScrubRequest, ScrubRow
 
 Row = dict[str, Any]
-StageRow = tuple[int, str, str, str | None, datetime | None]
-"""A blacklist import row: (E.164 digits, campaign or '', source, reason, expires_at)."""
+StageRow = BlacklistNumberRow
 
 
 @dataclass(frozen=True, slots=True)

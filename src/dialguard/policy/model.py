@@ -9,6 +9,14 @@ from typing import Any
 from dialguard.policy.codes import Rule, Verdict
 
 Facts = dict[str, Any]
+
+BlacklistNumberRow = tuple[int, str, str, str | None, datetime | None]
+"""One blacklisted number to store: (E.164 digits as an int, campaign or '' for global, source,
+reason, expires_at)."""
+
+BlacklistPrefixRow = tuple[str, str, str, str | None, datetime | None]
+"""One blacklisted prefix to store: (E.164 prefix like '+1718264', campaign or '', source,
+reason, expires_at)."""
 """The evidence of a decision as data: counts, limits and times (ISO 8601) the rule saw."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"(\d+)([smhd])")
@@ -125,6 +126,18 @@ def parse_hours(text: str) -> Hours | None:
     if start >= end:
         raise ValueSyntaxError(f"calling hours must start before they end, got {text!r}")
     return Hours(start, end)
+
+
+def parse_instant(text: str) -> datetime:
+    """An ISO 8601 time that must carry an offset (``Z`` or ``+02:00``): a time without one
+    would be read in whatever zone the machine is in, which is never what a record means."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueSyntaxError(f"not an ISO 8601 time: {text!r}") from None
+    if value.tzinfo is None:
+        raise ValueSyntaxError(f"time {text!r} has no offset; add Z or +HH:MM")
+    return value
 
 
 def format_duration(seconds: int) -> str:

@@ -8,14 +8,14 @@ from typing import Any
 
 import asyncpg
 
+from dialguard.policy.model import BlacklistNumberRow, BlacklistPrefixRow
 from dialguard.store.connection import connection
 from dialguard.store.errors import Conflict
 from dialguard.store.queries import q
 
 GLOBAL = ""
-StageRow = tuple[int, str, str, str | None, datetime | None]
-"""(number as E.164 digits, campaign or '', source, reason, expires_at) — one import row."""
-PrefixStageRow = tuple[str, str, str, str | None, datetime | None]
+StageRow = BlacklistNumberRow
+PrefixStageRow = BlacklistPrefixRow
 
 
 def number_key(e164: str) -> int:

@@ -142,11 +142,6 @@ class DecisionStore:
             row = await conn.fetchrow(q("latest_decision_for_channel"), channel_id)
         return dict(row.items()) if row else None
 
-    async def find_by_channel(self, channel_id: str) -> int | None:
-        async with connection(self._pool) as conn:
-            value: int | None = await conn.fetchval(q("decision_by_channel"), channel_id)
-        return value
-
 
 @dataclass(frozen=True, slots=True)
 class DecisionFilter:

@@ -11,9 +11,6 @@ SELECT recorded, caller_id, campaign FROM dg_record_outcome($1, $2, $3, $4, $5, 
 -- name: get_decision
 SELECT * FROM decisions WHERE id = $1
 
--- name: decision_by_channel
-SELECT id FROM decisions WHERE channel_id = $1 AND allowed ORDER BY id DESC LIMIT 1
-
 -- name: list_decisions
 SELECT * FROM decisions
  WHERE ($1::text IS NULL OR destination = $1)
