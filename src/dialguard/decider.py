@@ -115,6 +115,11 @@ class Decider:
             )
         return decision
 
+    async def attach_channel(self, decision_id: int, channel_id: str) -> None:
+        """Link a recorded decision to the channel Asterisk made for it, once known (an ARI
+        originate that names no channel id learns it from Asterisk's answer)."""
+        await self._decisions.attach_channel(decision_id, channel_id)
+
     async def recall(self, channel_id: str) -> Decision | None:
         """The decision already recorded for a channel, if any.
 

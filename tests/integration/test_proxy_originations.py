@@ -116,7 +116,8 @@ async def test_allowed_originate_in_the_query_string_reaches_asterisk_and_its_an
         (row,) = await decision_rows(pool)
         assert row["allowed"] and row["source"] == "proxy"
         assert (row["destination"], row["caller_id"]) == ("+12122641234", "+12125550100")
-        assert row["campaign"] == "default" and row["channel_id"] is None
+        # Asterisk named the channel in its answer; the audit trail links the decision to it.
+        assert row["campaign"] == "default" and row["channel_id"] == json.loads(body)["id"]
         outcome = await recorded_outcome(pool)
         assert (outcome["outcome"], outcome["cause"]) == ("answered", 16)
         assert ungated(service) == 0

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 class Decide(Protocol):
     async def decide(self, request: DecisionRequest) -> Decision: ...
+    async def attach_channel(self, decision_id: int, channel_id: str) -> None: ...
 
 
 class TrunkLinks(Protocol):
@@ -218,7 +219,17 @@ class Gatekeeper:
                 log.error("proxy: Asterisk's answer to an origination names no channel id")
             else:
                 self._link(new_id, decision)
+                if decision.decision_id is not None:
+                    await self._attach(decision.decision_id, new_id)
         return answer.response()
+
+    async def _attach(self, decision_id: int, channel_id: str) -> None:
+        try:
+            await self._decider.attach_channel(decision_id, channel_id)
+        except Exception as exc:  # the call is placed; the audit link is a nicety
+            log.warning(
+                "proxy: decision %s not linked to channel %s: %s", decision_id, channel_id, exc
+            )
 
     async def _create(
         self, request: web.Request, tail: str, body: bytes, origination: Origination

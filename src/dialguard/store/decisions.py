@@ -137,6 +137,10 @@ class DecisionStore:
             row = await conn.fetchrow(q("get_decision"), decision_id)
         return dict(row.items()) if row else None
 
+    async def attach_channel(self, decision_id: int, channel_id: str) -> None:
+        async with connection(self._pool) as conn:
+            await conn.execute(q("attach_channel"), decision_id, channel_id)
+
     async def latest_for_channel(self, channel_id: str) -> dict[str, Any] | None:
         async with connection(self._pool) as conn:
             row = await conn.fetchrow(q("latest_decision_for_channel"), channel_id)

@@ -257,3 +257,6 @@ DELETE FROM blacklist_numbers a
  USING blacklist_numbers b
  WHERE a.number = b.number AND a.campaign = b.campaign AND a.ctid < b.ctid;
 ALTER TABLE blacklist_numbers ADD CONSTRAINT blacklist_numbers_pkey PRIMARY KEY (number, campaign)
+
+-- name: attach_channel
+UPDATE decisions SET channel_id = $2 WHERE id = $1 AND channel_id IS NULL
