@@ -85,7 +85,7 @@ async def run_rate(fake: TimedFake, rate: float, seconds: float, offset: int) ->
         elif delay < -0.05:
             late += 1
         n = offset + i
-        call = await fake.originate_outbound(f"917{n:07d}", CALLERS[n % len(CALLERS)])
+        call = await fake.originate_outbound(f"9172{n:06d}", CALLERS[n % len(CALLERS)])
         assert call.stasis is not None
         sent[call.stasis.id] = time.perf_counter()
     offered_for = loop.time() - start

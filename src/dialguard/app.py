@@ -175,7 +175,7 @@ class Service:
         from dialguard.ari.client import AriClient
         from dialguard.ari.listener import EventListener
         from dialguard.feedback import Feedback
-        from dialguard.gate import Gate, GateConfig
+        from dialguard.gate import HANDLED_EVENTS, Gate, GateConfig
         from dialguard.metrics import Metrics
         from dialguard.outcomes import OutcomeTracker, StoreOutcomeSink
         from dialguard.spool import Spool
@@ -242,6 +242,7 @@ class Service:
             on_disconnect=self.gate.on_disconnect,
             subscribe_all=settings.ari.subscribe_all,
             session=self._session,
+            types=HANDLED_EVENTS,
         )
         self.proxy: AriProxy | None = None
         if settings.proxy.listen is not None:

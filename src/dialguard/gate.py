@@ -72,6 +72,19 @@ class GateConfig:
     ungated_grace: float = 2.0
 
 
+# The event types Gate.on_event acts on; the listener drops the rest unparsed.
+HANDLED_EVENTS = frozenset(
+    {
+        "StasisStart",
+        "Dial",
+        "ChannelStateChange",
+        "ChannelCreated",
+        "ChannelDestroyed",
+        "ApplicationReplaced",
+    }
+)
+
+
 class Gate:
     """Owns the tasks it spawns; :meth:`drain` waits for them, :meth:`close` cancels them."""
 
@@ -97,6 +110,7 @@ class Gate:
         self._connections = 0
         self._trunk_prefixes = tuple(t + "-" for t in config.trunks)
         self._linked_trunks: set[str] = set()
+        self._trunks_up: set[str] = set()
         self.decided = 0
 
     # -- readiness ----------------------------------------------------------------------------
@@ -155,6 +169,7 @@ class Gate:
                 self._watch_trunk(channel)
             case ChannelDestroyed(channel=channel, cause=cause, tech_cause=tech, timestamp=at):
                 self._linked_trunks.discard(channel.id)
+                self._trunks_up.discard(channel.id)
                 self._outcomes.on_destroyed(channel.id, cause, tech, at)
             case ApplicationReplaced(application=app):
                 self._replaced = True
@@ -314,6 +329,7 @@ class Gate:
         # Told inline, before the next event is read: the ARI proxy links its channel only when
         # Asterisk's answer comes back, and the tracker must have kept what happened meanwhile.
         self._outcomes.trunk_created(channel.id)
+        self._trunks_up.add(channel.id)
         self._spawn(self._watch_trunk_channel(channel))
 
     def _explained(self, channel_id: str) -> bool:
@@ -324,6 +340,8 @@ class Gate:
         """A trunk channel that no allowed decision explains within the grace time is ungated."""
         while True:
             await asyncio.sleep(self._config.ungated_grace)
+            if channel.id not in self._trunks_up:
+                return  # it ended within the grace time; no need to ask Asterisk
             if self._explained(channel.id):
                 return
             # A channel made by POST /channels/create places no call until it is dialed: judge

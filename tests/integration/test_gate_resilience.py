@@ -128,6 +128,13 @@ async def _run_outage(
         await place(15)
         await asyncio.to_thread(outage_pg.start)
         await place(10)
+        # Recovery takes as long as the pool's reconnect: keep calling until a call is allowed.
+        async with asyncio.timeout(15):
+            while True:
+                await fake.wait_for(lambda: verdict_of(fake, _stasis_id(calls[-1])), timeout=5.0)
+                if verdict_of(fake, _stasis_id(calls[-1])) == "allow":
+                    break
+                await place(1)
         await fake.wait_for(
             lambda: all(verdict_of(fake, _stasis_id(c)) for c in calls), timeout=10.0
         )

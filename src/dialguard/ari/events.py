@@ -33,18 +33,18 @@ __all__ = [
 ]
 
 # Asterisk writes "2026-11-28T14:48:08.106+0000": milliseconds and an offset without a colon.
-_ARI_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f%z"
 
 
 def parse_ari_time(value: str) -> datetime:
-    """Parse an ARI timestamp into an aware datetime; ValueError when it is not one."""
-    try:
-        return datetime.strptime(value, _ARI_TIME_FORMAT)
-    except ValueError:
-        parsed = datetime.fromisoformat(value)
-        if parsed.tzinfo is None:
-            raise ValueError(f"timestamp without offset: {value!r}") from None
-        return parsed
+    """Parse an ARI timestamp into an aware datetime; ValueError when it is not one.
+
+    ``fromisoformat`` reads ARI's ``2026-11-28T14:48:08.106+0000`` directly and is some thirty
+    times faster than ``strptime``: every event carries one or two of these.
+    """
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp without offset: {value!r}")
+    return parsed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

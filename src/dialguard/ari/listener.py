@@ -80,6 +80,7 @@ class EventListener:
         connect_timeout: float = 5.0,
         on_connect_timeout: float = 10.0,
         backoff: Backoff | None = None,
+        types: frozenset[str] | None = None,
     ) -> None:
         base = ari_base_url(base_url)
         self._url = base.with_path(base.raw_path + "/events", encoded=True).with_query(
@@ -96,6 +97,9 @@ class EventListener:
         self._connect_timeout = connect_timeout
         self._on_connect_timeout = on_connect_timeout
         self._backoff = backoff or jittered_backoff()
+        # With subscribeAll the app hears every channel on the PBX: events of other types are
+        # dropped before they are parsed into objects nobody reads.
+        self._types = types
         self._task: asyncio.Task[None] | None = None
         self._buffer: list[Event] | None = None
         self._connected = asyncio.Event()
@@ -211,6 +215,8 @@ class EventListener:
             log.warning("ARI events: skipped a message that is not JSON (%d bytes)", len(text))
             return
         log.debug("ARI event: %s", text)
+        if self._types is not None and isinstance(raw, dict) and raw.get("type") not in self._types:
+            return
         try:
             event = parse_event(raw)
         except MalformedEvent as exc:
