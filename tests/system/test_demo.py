@@ -103,3 +103,25 @@ async def _check_queries(prometheus: RunningPrometheus) -> None:
             return bool(await prometheus.query(expr))
 
         await wait_for(holds, seconds=20, what=expr)
+
+
+async def test_demo_of_20_seconds_exits_0_with_every_rule_fired(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DIALGUARD_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+        "DIALGUARD_API_LISTEN": f"127.0.0.1:{free_port()}",
+        "DIALGUARD_DATA_DIR": str(tmp_path),
+    }
+    env.pop("DIALGUARD_DATABASE_URL", None)
+    proc = await asyncio.create_subprocess_exec(
+        DIALGUARD,
+        "demo",
+        "--duration",
+        "20",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    assert "every rule fired: 14 of 14" in out.decode()
