@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from dialguard.bulk_numbers import BulkNumbers
 from dialguard.numbers import cached_normalise
 from dialguard.numbers import destination as parse_destination
 from dialguard.policy.checks import precheck
@@ -78,17 +79,27 @@ class Decider:
         self._spool = spool
         self._clock = clock
         self._cache: dict[str, tuple[int, Profile]] = {}
+        # E.164 input is classified once per number block (exactly what numbers.py answers), so
+        # a decision does not pay a full phonenumbers parse of the destination and caller ID.
+        self._classify = BulkNumbers(numbers.default_region, numbers.fallback_timezone).classify
 
     async def decide(self, request: DecisionRequest) -> Decision:
         started = time.perf_counter()
         campaign = request.campaign or DEFAULT_CAMPAIGN
         at = request.at or self._clock()
         numbers = self._numbers
-        found = parse_destination(
-            request.destination, numbers.default_region, numbers.fallback_timezone
-        )
-        destination, zones = found if found else (None, ())
-        caller = cached_normalise(request.caller_id, numbers.default_region)
+        if request.destination[:1] == "+":
+            destination, zones = self._classify(request.destination)
+        else:
+            found = parse_destination(
+                request.destination, numbers.default_region, numbers.fallback_timezone
+            )
+            destination, zones = found if found else (None, ())
+        raw_caller = request.caller_id
+        if raw_caller[:1] == "+":
+            caller = self._classify(raw_caller)[0]
+        else:
+            caller = cached_normalise(raw_caller, numbers.default_region)
         try:
             async with asyncio.timeout(self._deadline):
                 result = await self._round_trip(request, campaign, at, destination, zones, caller)

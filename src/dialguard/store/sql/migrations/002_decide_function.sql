@@ -34,14 +34,13 @@ DECLARE
     v_rule   text := p_pre_rule;
     v_facts  jsonb := p_pre_facts;
     v_camp   record;
-    v_cid    record;
     v_row    record;
     v_n      integer;
     v_t      timestamptz;
     v_w      interval;
     v_id     bigint;
-    v_prefixes text[];
     v_dwin   integer;
+    v_w_s    integer;
     v_ats    timestamptz[];
     v_callers text[];
     v_answered integer[];
@@ -51,8 +50,15 @@ DECLARE
     i        integer;
     j        integer;
 BEGIN
-    SELECT c.version, c.paused, c.pause_reason, c.paused_at INTO v_camp
-      FROM campaigns c WHERE c.name = p_campaign;
+    -- The campaign and the caller ID in one statement (the caller ID only when no earlier rule
+    -- has already decided).
+    SELECT c.version, c.paused, c.pause_reason, c.paused_at,
+           k.number IS NOT NULL AS cid_found, k.state AS cid_state, k.reason AS cid_reason,
+           k.campaign AS cid_campaign, k.changed_at AS cid_changed_at
+      INTO v_camp
+      FROM (SELECT) one
+      LEFT JOIN campaigns c ON c.name = p_campaign
+      LEFT JOIN callerids k ON k.number = p_caller AND v_rule IS NULL;
     IF coalesce(v_camp.version, 0) <> p_campaign_version THEN
         RETURN QUERY SELECT NULL::bigint, NULL::text,
             jsonb_build_object('version', coalesce(v_camp.version, 0)), true;
@@ -60,20 +66,20 @@ BEGIN
     END IF;
 
     IF v_rule IS NULL THEN
-        SELECT c.state, c.reason, c.campaign, c.changed_at INTO v_cid
-          FROM callerids c WHERE c.number = p_caller;
-        IF NOT FOUND THEN
+        IF NOT v_camp.cid_found THEN
             IF p_require_registered THEN
                 v_rule := 'callerid_unknown';
                 v_facts := jsonb_build_object('caller_id', p_caller, 'registered', false);
             END IF;
-        ELSIF v_cid.campaign IS NOT NULL AND v_cid.campaign <> p_campaign THEN
+        ELSIF v_camp.cid_campaign IS NOT NULL AND v_camp.cid_campaign <> p_campaign THEN
             v_rule := 'callerid_unknown';
-            v_facts := jsonb_build_object('caller_id', p_caller, 'registered_for', v_cid.campaign);
-        ELSIF v_cid.state <> 'active' THEN
+            v_facts := jsonb_build_object('caller_id', p_caller,
+                                          'registered_for', v_camp.cid_campaign);
+        ELSIF v_camp.cid_state <> 'active' THEN
             v_rule := 'callerid_rested';
-            v_facts := jsonb_build_object('caller_id', p_caller, 'state', v_cid.state,
-                                          'reason', v_cid.reason, 'since', v_cid.changed_at);
+            v_facts := jsonb_build_object('caller_id', p_caller, 'state', v_camp.cid_state,
+                                          'reason', v_camp.cid_reason,
+                                          'since', v_camp.cid_changed_at);
         END IF;
     END IF;
 
@@ -84,32 +90,34 @@ BEGIN
     END IF;
 
     IF v_rule IS NULL THEN
-        SELECT b.campaign, b.source, b.expires_at INTO v_row
-          FROM blacklist_numbers b
-         WHERE b.number = substr(p_dest, 2)::bigint AND b.campaign IN ('', p_campaign)
-           AND (b.expires_at IS NULL OR b.expires_at > p_at)
-         ORDER BY b.campaign DESC LIMIT 1;
+        -- The exact number first, else the longest listed prefix, in one statement: the
+        -- second branch runs only when the first finds nothing. The candidate prefixes are
+        -- written out to the longest a prefix may be (16 characters, see its CHECK), so the plan
+        -- is generic and cached; left() of a shorter number repeats the whole number.
+        SELECT x.kind, x.value, x.campaign, x.source, x.expires_at INTO v_row
+          FROM ((SELECT 'number' AS kind, p_dest AS value, b.campaign, b.source, b.expires_at
+                   FROM blacklist_numbers b
+                  WHERE b.number = substr(p_dest, 2)::bigint AND b.campaign IN ('', p_campaign)
+                    AND (b.expires_at IS NULL OR b.expires_at > p_at)
+                  ORDER BY b.campaign DESC LIMIT 1)
+                UNION ALL
+                (SELECT 'prefix', b.prefix, b.campaign, b.source, b.expires_at
+                   FROM blacklist_prefixes b
+                  WHERE b.prefix = ANY (ARRAY[
+                            left(p_dest, 2), left(p_dest, 3), left(p_dest, 4), left(p_dest, 5),
+                            left(p_dest, 6), left(p_dest, 7), left(p_dest, 8), left(p_dest, 9),
+                            left(p_dest, 10), left(p_dest, 11), left(p_dest, 12),
+                            left(p_dest, 13), left(p_dest, 14), left(p_dest, 15),
+                            left(p_dest, 16)])
+                    AND b.campaign IN ('', p_campaign)
+                    AND (b.expires_at IS NULL OR b.expires_at > p_at)
+                  ORDER BY length(b.prefix) DESC LIMIT 1)) x
+         LIMIT 1;
         IF FOUND THEN
             v_rule := 'blacklisted';
-            v_facts := jsonb_build_object('match', 'number', 'value', p_dest,
+            v_facts := jsonb_build_object('match', v_row.kind, 'value', v_row.value,
                 'scope', CASE WHEN v_row.campaign = '' THEN 'global' ELSE 'campaign' END,
                 'source', v_row.source, 'expires_at', v_row.expires_at);
-        ELSE
-            -- Every leading part of the number, as an array: a plan with "= ANY" is generic and
-            -- cached, where an IN over generate_series was planned anew on every call.
-            v_prefixes := ARRAY(SELECT left(p_dest, n) FROM generate_series(2, length(p_dest)) n);
-            SELECT b.prefix, b.campaign, b.source, b.expires_at INTO v_row
-              FROM blacklist_prefixes b
-             WHERE b.prefix = ANY (v_prefixes)
-               AND b.campaign IN ('', p_campaign)
-               AND (b.expires_at IS NULL OR b.expires_at > p_at)
-             ORDER BY length(b.prefix) DESC LIMIT 1;
-            IF FOUND THEN
-                v_rule := 'blacklisted';
-                v_facts := jsonb_build_object('match', 'prefix', 'value', v_row.prefix,
-                    'scope', CASE WHEN v_row.campaign = '' THEN 'global' ELSE 'campaign' END,
-                    'source', v_row.source, 'expires_at', v_row.expires_at);
-            END IF;
         END IF;
     END IF;
 
@@ -131,10 +139,13 @@ BEGIN
     IF v_rule IS NULL THEN
         v_dwin := greatest(
             coalesce(p_interval_s, 0),
-            coalesce((SELECT max(w) FROM unnest(p_dest_cap_windows) w), 0),
             coalesce(p_rotation_window_s, 0),
             CASE WHEN p_cooldown_s IS NOT NULL AND p_conversation_min_s IS NOT NULL
                  THEN p_cooldown_s + greatest(p_max_call_s, 86400) ELSE 0 END);
+        -- A loop, not a subquery: a simple expression per element, nothing to plan.
+        FOREACH v_w_s IN ARRAY coalesce(p_dest_cap_windows, '{}') LOOP
+            v_dwin := greatest(v_dwin, v_w_s);
+        END LOOP;
         IF v_dwin > 0 THEN
             SELECT coalesce(array_agg(d.at ORDER BY d.at), '{}'),
                    coalesce(array_agg(d.caller_id ORDER BY d.at), '{}'),
@@ -257,19 +268,25 @@ BEGIN
         END IF;
     END IF;
 
+    -- The decision's record and, when allowed, the campaign's use of the caller ID: one
+    -- statement that also answers.
     IF p_record THEN
-        INSERT INTO decisions (at, caller_id, destination, campaign, allowed, rule, facts,
-                               source, channel_id)
-        VALUES (p_at, p_caller, p_dest, p_campaign, v_rule IS NULL, v_rule,
-                coalesce(v_facts, '{}'), p_source, p_channel_id)
-        RETURNING id INTO v_id;
-        IF v_rule IS NULL THEN
+        RETURN QUERY
+        WITH ins AS (
+            INSERT INTO decisions (at, caller_id, destination, campaign, allowed, rule, facts,
+                                   source, channel_id)
+            VALUES (p_at, p_caller, p_dest, p_campaign, v_rule IS NULL, v_rule,
+                    coalesce(v_facts, '{}'), p_source, p_channel_id)
+            RETURNING id
+        ), used AS (
             INSERT INTO campaign_callerids AS cc (campaign, caller_id, last_used_at)
-            VALUES (p_campaign, p_caller, p_at)
+            SELECT p_campaign, p_caller, p_at WHERE v_rule IS NULL
             ON CONFLICT (campaign, caller_id) DO UPDATE
                SET last_used_at = excluded.last_used_at
-             WHERE cc.last_used_at < excluded.last_used_at;
-        END IF;
+             WHERE cc.last_used_at < excluded.last_used_at
+        )
+        SELECT ins.id, v_rule, coalesce(v_facts, '{}'::jsonb), false FROM ins;
+        RETURN;
     END IF;
 
     RETURN QUERY SELECT v_id, v_rule, coalesce(v_facts, '{}'::jsonb), false;
