@@ -116,6 +116,12 @@ async def main() -> None:
     parser.add_argument("--rates", type=float, nargs="+", default=[250, 500, 1000])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--dsn", help="use this PostgreSQL instead of a fresh embedded one")
+    parser.add_argument(
+        "--subscribe-all",
+        choices=["true", "false"],
+        default="true",
+        help="ari.subscribe_all for dialguard (true hears every channel on the PBX)",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="dialguard-bench-gate-"))
@@ -151,13 +157,16 @@ async def main() -> None:
             "DIALGUARD_PROFILES_DEFAULT_CALLERID_CAPS": "off",
             "DIALGUARD_PROFILES_DEFAULT_CAMPAIGN_CALLERIDS_PER_DAY": "off",
             "DIALGUARD_PROFILES_DEFAULT_CALLERID_MAX_CONCURRENT": "off",
+            "DIALGUARD_ARI_SUBSCRIBE_ALL": args.subscribe_all,
         }
         proc = await asyncio.create_subprocess_exec(
             DIALGUARD, "serve", env=env, stderr=asyncio.subprocess.DEVNULL
         )
         try:
             await wait_ready(f"http://127.0.0.1:{api}/readyz", proc)
-            offset = 0
+            # Warm-up, not reported: first calls load number metadata and prepare statements.
+            await run_rate(fake, 50, 2, 0)
+            offset = 100
             for rate in args.rates:
                 result = await run_rate(fake, rate, args.seconds, offset)
                 offset += result["calls"]

@@ -118,7 +118,14 @@ class BlacklistStore:
                     columns=["number", "campaign", "source", "reason", "expires_at"],
                 )
                 loaded += len(rows)
-            await conn.execute(q("blacklist_bulk_finish"))
+            try:
+                # Registries rarely repeat a number: build the key straight away, and only
+                # when that finds duplicates remove them (a self-join over every row) first.
+                async with conn.transaction():
+                    await conn.execute(q("blacklist_bulk_key"))
+            except asyncpg.UniqueViolationError:
+                await conn.execute(q("blacklist_bulk_dedupe"))
+                await conn.execute(q("blacklist_bulk_key"))
         return loaded
 
     async def import_prefixes(self, rows: Sequence[PrefixStageRow]) -> int:

@@ -251,12 +251,14 @@ SELECT NOT EXISTS (SELECT 1 FROM blacklist_numbers)
 TRUNCATE blacklist_numbers;
 ALTER TABLE blacklist_numbers DROP CONSTRAINT blacklist_numbers_pkey
 
--- name: blacklist_bulk_finish
+-- name: blacklist_bulk_key
+ALTER TABLE blacklist_numbers ADD CONSTRAINT blacklist_numbers_pkey PRIMARY KEY (number, campaign)
+
+-- name: blacklist_bulk_dedupe
 -- The last row of a key in the file wins, as in a normal import.
 DELETE FROM blacklist_numbers a
  USING blacklist_numbers b
- WHERE a.number = b.number AND a.campaign = b.campaign AND a.ctid < b.ctid;
-ALTER TABLE blacklist_numbers ADD CONSTRAINT blacklist_numbers_pkey PRIMARY KEY (number, campaign)
+ WHERE a.number = b.number AND a.campaign = b.campaign AND a.ctid < b.ctid
 
 -- name: attach_channel
 UPDATE decisions SET channel_id = $2 WHERE id = $1 AND channel_id IS NULL
