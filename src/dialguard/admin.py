@@ -5,41 +5,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 
 from dialguard.decider import ProfileSource
 from dialguard.policy.feedback import FeedbackPolicy
+from dialguard.policy.model import LogQuery
 from dialguard.policy.profile import ProfileError, build_profile
 from dialguard.store.callerids import CallerIdStore
 from dialguard.store.campaigns import CampaignStore
-from dialguard.store.complaints import ComplaintFilter, ComplaintStore
-from dialguard.store.decisions import DecisionFilter, list_decisions
+from dialguard.store.complaints import ComplaintStore
+from dialguard.store.decisions import list_decisions
 from dialguard.store.health import HealthStore
 
 Row = dict[str, Any]
-
-
-class LogFilter(Protocol):
-    @property
-    def destination(self) -> str | None: ...
-    @property
-    def caller_id(self) -> str | None: ...
-    @property
-    def campaign(self) -> str | None: ...
-    @property
-    def since(self) -> datetime | None: ...
-    @property
-    def until(self) -> datetime | None: ...
-    @property
-    def rule(self) -> str | None: ...
-    @property
-    def source(self) -> str | None: ...
-    @property
-    def before_id(self) -> int | None: ...
-    @property
-    def limit(self) -> int: ...
 
 
 class Audit:
@@ -49,34 +29,11 @@ class Audit:
         self._pool = pool
         self._complaints = complaints
 
-    async def decisions(self, query: LogFilter) -> list[Row]:
-        return await list_decisions(
-            self._pool,
-            DecisionFilter(
-                destination=query.destination,
-                caller_id=query.caller_id,
-                campaign=query.campaign,
-                since=query.since,
-                until=query.until,
-                rule=query.rule,
-                before_id=query.before_id,
-                limit=query.limit,
-            ),
-        )
+    async def decisions(self, query: LogQuery) -> list[Row]:
+        return await list_decisions(self._pool, query)
 
-    async def complaints(self, query: LogFilter) -> list[Row]:
-        return await self._complaints.list(
-            ComplaintFilter(
-                destination=query.destination,
-                caller_id=query.caller_id,
-                campaign=query.campaign,
-                source=query.source,
-                since=query.since,
-                until=query.until,
-                before_id=query.before_id,
-                limit=query.limit,
-            )
-        )
+    async def complaints(self, query: LogQuery) -> list[Row]:
+        return await self._complaints.list(query)
 
 
 class CallerIds:

@@ -9,10 +9,9 @@ from aiohttp import web
 from dialguard.api.bodies import int_value, json_object, read_json, text_field, time_value
 from dialguard.api.context import answer, deps
 from dialguard.api.errors import BadRequest
-from dialguard.api.ports import LogQuery
 from dialguard.numbers import try_normalise
 from dialguard.policy.codes import Rule
-from dialguard.policy.model import Decision, DecisionRequest
+from dialguard.policy.model import Decision, DecisionRequest, LogQuery
 
 RULE_FILTERS = frozenset({r.value for r in Rule} | {"none"})
 

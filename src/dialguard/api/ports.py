@@ -13,26 +13,11 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from dialguard.policy.feedback import ComplaintRecorded, ComplaintRequest, ImportSummary
-from dialguard.policy.model import BlacklistNumberRow, Decision, DecisionRequest
+from dialguard.policy.model import BlacklistNumberRow, Decision, DecisionRequest, LogQuery
 from dialguard.policy.scrub import ScrubRequest, ScrubRow
 
 Row = dict[str, Any]
 StageRow = BlacklistNumberRow
-
-
-@dataclass(frozen=True, slots=True)
-class LogQuery:
-    """Filters of the audit trail and of the complaint log; ``before_id`` pages backwards."""
-
-    destination: str | None = None
-    caller_id: str | None = None
-    campaign: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    rule: str | None = None
-    source: str | None = None
-    before_id: int | None = None
-    limit: int = 100
 
 
 class DecidePort(Protocol):

@@ -31,6 +31,22 @@ class Attempt:
 
 
 @dataclass(frozen=True, slots=True)
+class LogQuery:
+    """Filters of the audit trail and of the complaint log, newest first; ``before_id`` pages
+    backwards (the last id seen). ``rule`` applies to decisions, ``source`` to complaints."""
+
+    destination: str | None = None
+    caller_id: str | None = None
+    campaign: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    rule: str | None = None
+    source: str | None = None
+    before_id: int | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
 class DecisionRequest:
     """What a front door asks: decide this call (``record=False`` for a dry run)."""
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -16,22 +14,11 @@ from dialguard.policy.feedback import (
     ComplaintRecorded,
     FeedbackPolicy,
 )
+from dialguard.policy.model import LogQuery
 from dialguard.store.connection import connection
 from dialguard.store.queries import q
 
 _RECORD = q("record_complaints")
-
-
-@dataclass(frozen=True, slots=True)
-class ComplaintFilter:
-    destination: str | None = None
-    caller_id: str | None = None
-    campaign: str | None = None
-    source: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    before_id: int | None = None
-    limit: int = 100
 
 
 class ComplaintStore:
@@ -68,7 +55,7 @@ class ComplaintStore:
             rows = await conn.fetch(_RECORD, *args)
         return [_recorded(complaints[row["ord"] - 1], row) for row in rows]
 
-    async def list(self, f: ComplaintFilter) -> list[dict[str, Any]]:
+    async def list(self, f: LogQuery) -> list[dict[str, Any]]:
         """Newest first; page with ``before_id`` = the last id seen."""
         async with connection(self._pool) as conn:
             rows = await conn.fetch(

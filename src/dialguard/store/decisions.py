@@ -9,6 +9,7 @@ from typing import Any
 
 import asyncpg
 
+from dialguard.policy.model import LogQuery
 from dialguard.store.connection import connection
 from dialguard.store.queries import q
 
@@ -147,19 +148,7 @@ class DecisionStore:
         return dict(row.items()) if row else None
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionFilter:
-    destination: str | None = None
-    caller_id: str | None = None
-    campaign: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    rule: str | None = None
-    before_id: int | None = None
-    limit: int = 100
-
-
-async def list_decisions(pool: asyncpg.Pool, f: DecisionFilter) -> list[dict[str, Any]]:
+async def list_decisions(pool: asyncpg.Pool, f: LogQuery) -> list[dict[str, Any]]:
     """The audit trail, newest first; page with ``before_id`` = the last id seen."""
     async with connection(pool) as conn:
         rows = await conn.fetch(
