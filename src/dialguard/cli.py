@@ -12,6 +12,7 @@ import contextlib
 import csv
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -142,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         stream=sys.stderr,
     )
     try:
-        settings = load_settings(find_config_file(getattr(args, "config", None), _environ()))
+        settings = load_settings(find_config_file(getattr(args, "config", None), dict(os.environ)))
         if getattr(args, "database", None):
             settings = replace(settings, database=replace(settings.database, url=args.database))
         handler = COMMANDS[args.command]
@@ -161,11 +162,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         code = 130
     raise SystemExit(code)
 
-
-def _environ() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -646,7 +642,7 @@ async def _number_chunks(handle: TextIO, size: int = 5000) -> AsyncIterator[list
 async def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from dialguard.app import StartupError, serve
 
-    config_path = find_config_file(getattr(args, "config", None), _environ())
+    config_path = find_config_file(getattr(args, "config", None), dict(os.environ))
     try:
         return int(await serve(settings, config_path=config_path))
     except StartupError as exc:
