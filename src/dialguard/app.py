@@ -326,7 +326,7 @@ class Service:
             blacklist=self.stores.blacklist,
             callerids=CallerIds(self.stores.callerids, HealthStore(pool), policy),
             campaigns=Campaigns(
-                self.stores.campaigns, SettingsProfiles(self.settings), self.decider.forget
+                self.stores.campaigns, self.profiles, self.decider.forget
             ),
             default_region=numbers.default_region,
             token=self.settings.api.token,
