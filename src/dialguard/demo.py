@@ -26,6 +26,8 @@ from dialguard.app import Service, open_stores
 from dialguard.config import Settings
 from dialguard.policy.codes import Rule
 from dialguard.policy.feedback import ComplaintRequest
+from dialguard.policy.model import LogQuery
+from dialguard.store.decisions import list_decisions
 from dialguard.testing import FakeAsterisk, Outcome
 
 # Callers are national US numbers, as a US PBX sends them.
@@ -121,7 +123,8 @@ Call = tuple[str, str, str, Outcome | None]
 def tour() -> list[Call]:
     """An opening sequence in which every rule denies at least once, whatever the timing."""
     calls: list[Call] = [
-        ("3472640002", TALKER, "tight", Outcome.answered(1.0)),  # a conversation, for cooldown
+        # A conversation (campaign "tight" counts 2 s and more), for destination_cooldown.
+        ("3472640002", TALKER, "tight", Outcome.answered(2.5)),
         ("9172640001", CALLERS[0], "spring", None),
         ("12345", CALLERS[1], "spring", None),  # invalid_number
         ("9172640002", UNREGISTERED, "spring", None),  # callerid_unknown
@@ -260,14 +263,10 @@ async def _place(
     await fake.originate_outbound(number, caller, variables={"CAMPAIGN": campaign})
 
 
-def _outcome_seen(service: Service) -> bool:
-    """True once the opening conversation's outcome has been counted."""
-    for metric in service.registry.collect():
-        if metric.name == "dialguard_call_outcomes":
-            for sample in metric.samples:
-                if sample.labels.get("outcome") == "answered" and sample.value > 0:
-                    return True
-    return False
+async def _conversation_recorded(service: Service) -> bool:
+    """True once the opening conversation's outcome is in the database."""
+    rows = await list_decisions(service.stores.pool, LogQuery(destination="+13472640002"))
+    return any((row["answered_seconds"] or 0) >= 2 for row in rows)
 
 
 def _demo_settings(settings: Settings, workdir: Path, ari_url: str) -> Settings:
@@ -313,7 +312,10 @@ async def _drive(
     await asyncio.sleep(0.2)
     await _place(fake, "9172649001", CALLERS[9], "spring", None)
     await stall
-    await fake.wait_for(lambda: _outcome_seen(service), timeout=10.0)
+    for _ in range(150):  # its outcome is in the database within a few seconds
+        if await _conversation_recorded(service):
+            break
+        await asyncio.sleep(0.1)
     await _place(fake, *opening[-1])
     complaint_sources = itertools.cycle(["carrier", "12321", "crm", "regulator"])
     next_complaint = time.monotonic() + 1.5
