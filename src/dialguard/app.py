@@ -325,9 +325,7 @@ class Service:
             ),
             blacklist=self.stores.blacklist,
             callerids=CallerIds(self.stores.callerids, HealthStore(pool), policy),
-            campaigns=Campaigns(
-                self.stores.campaigns, self.profiles, self.decider.forget
-            ),
+            campaigns=Campaigns(self.stores.campaigns, self.profiles, self.decider.forget),
             default_region=numbers.default_region,
             token=self.settings.api.token,
             max_body=self.settings.api.max_body,

@@ -163,7 +163,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     raise SystemExit(code)
 
 
-
 def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
