@@ -341,7 +341,11 @@ class Gate:
         while True:
             await asyncio.sleep(self._config.ungated_grace)
             if channel.id not in self._trunks_up:
-                return  # it ended within the grace time; no need to ask Asterisk
+                # It ended within the grace time (a quick rejection, say): still a call that
+                # did not pass dialguard if it dialed and nothing claimed it. Nothing to hang up.
+                if self._outcomes.unclaimed_call(channel.id) and not self._explained(channel.id):
+                    self._report_ungated(channel, {}, ended=True)
+                return
             if self._explained(channel.id):
                 return
             # A channel made by POST /channels/create places no call until it is dialed: judge
@@ -351,19 +355,23 @@ class Gate:
         snapshot = await self._still_up(channel.id)
         if snapshot is None:
             return
-        log.warning(
-            "ungated call on trunk channel %s (%s) from caller ID %s: it did not pass dialguard",
-            channel.id,
-            channel.name,
-            _presented_caller_id(snapshot, channel),
-        )
-        if self._metrics is not None:
-            self._metrics.ungated_call()
+        self._report_ungated(channel, snapshot, ended=False)
         if self._config.enforce_gate:
             try:
                 await self._ari.hangup(channel.id, reason_code=21)
             except (ChannelGone, AriUnavailable) as exc:
                 log.info("channel %s: could not hang up the ungated call: %s", channel.id, exc)
+
+    def _report_ungated(self, channel: Channel, snapshot: dict[str, Any], *, ended: bool) -> None:
+        log.warning(
+            "ungated call on trunk channel %s (%s) from caller ID %s: it did not pass dialguard%s",
+            channel.id,
+            channel.name,
+            _presented_caller_id(snapshot, channel),
+            " (it had already ended)" if ended else "",
+        )
+        if self._metrics is not None:
+            self._metrics.ungated_call()
 
     async def _still_up(self, channel_id: str) -> dict[str, Any] | None:
         """The channel's current snapshot, ``{}`` when ARI cannot tell, None once it is gone."""

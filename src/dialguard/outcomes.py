@@ -183,6 +183,11 @@ class OutcomeTracker:
         early = self._unlinked.get(channel_id)
         return early is not None and not early.dialed and early.ended is None
 
+    def unclaimed_call(self, channel_id: str) -> bool:
+        """True for a trunk channel that placed a call (it dialed) and no decision claimed."""
+        early = self._unlinked.get(channel_id)
+        return early is not None and early.dialed
+
     def is_allowed_channel(self, channel_id: str) -> bool:
         return channel_id in self._allowed
 

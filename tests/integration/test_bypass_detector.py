@@ -90,16 +90,6 @@ async def test_with_enforcement_a_direct_trunk_origination_is_hung_up_with_cause
         assert ungated(service) == 1
 
 
-async def test_a_trunk_call_that_ends_within_the_grace_time_is_not_judged(
-    pool: asyncpg.Pool, fake: FakeAsterisk, tmp_path: Path
-) -> None:
-    async with running_service(pool, fake, tmp_path, **ENFORCE) as service:
-        call = await fake.originate_direct_to_trunk(DESTINATION, CALLER, outcome=Outcome.busy())
-        await asyncio.wait_for(call.ended.wait(), 2.0)
-        await asyncio.sleep(GRACE + 0.5)  # the whole grace time must pass with nothing counted
-        assert ungated(service) == 0
-
-
 async def test_proxy_allowed_trunk_origination_is_not_ungated_and_its_outcome_is_recorded(
     pool: asyncpg.Pool, fake: FakeAsterisk, tmp_path: Path, registered: None
 ) -> None:
@@ -153,4 +143,39 @@ async def test_a_created_channel_is_judged_only_once_it_is_dialed_straight_to_as
         await counted(service, within=2 * GRACE + 2.0)
         destroyed = await fake.wait_for_event("ChannelDestroyed", channel_id=channel_id)
         assert destroyed.event["cause"] == 21
+        await app.close()
+
+
+async def test_a_direct_trunk_call_that_ends_within_the_grace_time_is_still_counted(
+    pool: asyncpg.Pool, fake: FakeAsterisk, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_service(pool, fake, tmp_path, **ENFORCE) as service:
+        call = await fake.originate_direct_to_trunk(DESTINATION, CALLER, outcome=Outcome.sip(603))
+        assert call.trunk is not None
+        await asyncio.wait_for(call.ended.wait(), 2.0)
+        await counted(service)
+        assert hangups_of(fake, call.trunk.id) == [], "nothing left to hang up"
+    (line,) = [r.getMessage() for r in caplog.records if "ungated call" in r.getMessage()]
+    assert call.trunk.name in line and "already ended" in line
+    assert ungated(service) == 1
+
+
+async def test_a_created_channel_hung_up_before_any_dial_placed_no_call(
+    pool: asyncpg.Pool, fake: FakeAsterisk, tmp_path: Path
+) -> None:
+    async with (
+        running_service(pool, fake, tmp_path, **ENFORCE) as service,
+        aiohttp.ClientSession(headers=ASTERISK_AUTH) as direct,
+    ):
+        app = await direct.ws_connect(f"{fake.base_url}/events?app=dialer")
+        await fake.wait_for(lambda: fake.app_connected("dialer"))
+        async with direct.post(
+            f"{fake.base_url}/channels/create", json={"endpoint": TRUNK_ENDPOINT, "app": "dialer"}
+        ) as resp:
+            channel_id = (await resp.json())["id"]
+        async with direct.delete(f"{fake.base_url}/channels/{channel_id}") as resp:
+            assert resp.status == 204
+        await fake.wait_for_event("ChannelDestroyed", channel_id=channel_id)
+        await asyncio.sleep(GRACE + 0.5)  # the whole grace time passes with nothing counted
+        assert ungated(service) == 0
         await app.close()
