@@ -36,11 +36,9 @@ def verdict_of(fake: FakeAsterisk, channel_id: str) -> str | None:
     return None
 
 
-async def test_channel_parked_by_a_previous_instance_is_decided_on_connect(
-    pool: asyncpg.Pool, fake: FakeAsterisk, tmp_path: Path
-) -> None:
-    await CallerIdStore(pool).add("+12125550100", None)
-    # A previous dialguard holds the app, receives the StasisStart, and dies without answering.
+async def park_call_of_a_crashed_instance(fake: FakeAsterisk) -> Call:
+    """A previous dialguard holds the app, receives the StasisStart, and dies without answering:
+    the channel stays parked in Stasis."""
     async with aiohttp.ClientSession() as session:
         ws = await session.ws_connect(
             f"{fake.base_url}/events?app=dialguard&subscribeAll=true",
@@ -50,6 +48,14 @@ async def test_channel_parked_by_a_previous_instance_is_decided_on_connect(
         await fake.wait_for_event("StasisStart", channel_id=_stasis_id(call))
         await fake.drop_websocket("dialguard", abort=True)
         await ws.close()
+    return call
+
+
+async def test_channel_parked_by_a_previous_instance_is_decided_on_connect(
+    pool: asyncpg.Pool, fake: FakeAsterisk, tmp_path: Path
+) -> None:
+    await CallerIdStore(pool).add("+12125550100", None)
+    call = await park_call_of_a_crashed_instance(fake)
     assert verdict_of(fake, _stasis_id(call)) is None
     async with running_service(pool, fake, tmp_path) as service:
         # Readiness comes only after reconciliation, so the parked call is answered by now.
@@ -200,15 +206,7 @@ async def test_parked_channel_decided_before_a_crash_gets_that_decision_not_a_ne
     pool: asyncpg.Pool, fake: FakeAsterisk, tmp_path: Path
 ) -> None:
     await CallerIdStore(pool).add("+12125550100", None)
-    async with aiohttp.ClientSession() as session:
-        ws = await session.ws_connect(
-            f"{fake.base_url}/events?app=dialguard&subscribeAll=true",
-            headers={"Authorization": aiohttp.encode_basic_auth("dialguard", "dialguard")},
-        )
-        call = await fake.originate_outbound("2122641234", CALLER)
-        await fake.wait_for_event("StasisStart", channel_id=_stasis_id(call))
-        await fake.drop_websocket("dialguard", abort=True)
-        await ws.close()
+    call = await park_call_of_a_crashed_instance(fake)
     # The crashed instance had recorded its allow for this channel before dying.
     from dialguard.policy.model import DecisionRequest
     from tests.support import make_decider
