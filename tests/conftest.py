@@ -12,6 +12,7 @@ import itertools
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -64,20 +65,28 @@ def template_dsn(pg_admin_dsn: str) -> str:
     return dsn_with_database(pg_admin_dsn, TEMPLATE)
 
 
-@pytest.fixture
-async def db_dsn(pg_admin_dsn: str, template_dsn: str) -> AsyncIterator[str]:
-    name = f"dg_test_{os.getpid()}_{next(_counter)}"
-    admin = await asyncpg.connect(pg_admin_dsn)
+@asynccontextmanager
+async def fresh_database(admin_dsn: str, name: str) -> AsyncIterator[str]:
+    """A database copied from the migrated template; dropped on exit."""
+    admin = await asyncpg.connect(admin_dsn)
     try:
         await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
     finally:
         await admin.close()
-    yield dsn_with_database(pg_admin_dsn, name)
-    admin = await asyncpg.connect(pg_admin_dsn)
     try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        yield dsn_with_database(admin_dsn, name)
     finally:
-        await admin.close()
+        admin = await asyncpg.connect(admin_dsn)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def db_dsn(pg_admin_dsn: str, template_dsn: str) -> AsyncIterator[str]:
+    async with fresh_database(pg_admin_dsn, f"dg_test_{os.getpid()}_{next(_counter)}") as dsn:
+        yield dsn
 
 
 @pytest.fixture

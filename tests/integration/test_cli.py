@@ -22,7 +22,7 @@ import pytest
 
 from dialguard.policy.model import Decision, DecisionRequest
 from dialguard.store.callerids import CallerIdStore
-from tests.conftest import TEMPLATE, dsn_with_database
+from tests.conftest import fresh_database
 from tests.support import make_decider
 
 DIALGUARD = Path(sys.executable).parent / "dialguard"
@@ -109,17 +109,8 @@ async def decide_here(
 async def other_db(pg_admin_dsn: str, template_dsn: str, db_dsn: str) -> AsyncIterator[str]:
     """A second fresh database, for round trips between two installations."""
     name = urlsplit(db_dsn).path.lstrip("/") + "_other"
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
-    finally:
-        await admin.close()
-    yield dsn_with_database(pg_admin_dsn, name)
-    admin = await asyncpg.connect(pg_admin_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+    async with fresh_database(pg_admin_dsn, name) as dsn:
+        yield dsn
 
 
 async def count_decisions(dsn: str) -> int:
