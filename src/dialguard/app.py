@@ -209,7 +209,6 @@ class Service:
             settings.ari.username,
             settings.ari.password,
             settings.ari.app,
-            session=self._session,
         )
         self.outcomes = OutcomeTracker(
             StoreOutcomeSink(stores.decisions, self.metrics), self.metrics, self.tasks.spawn
@@ -356,6 +355,7 @@ class Service:
             await self.spool.flush()
         for runner in reversed(self._runners):
             await runner.cleanup()
+        await self.ari.close()
         await self._session.close()
 
     async def _housekeep(self) -> None:

@@ -7,16 +7,19 @@ Asterisk would reject for its shape cannot be built through the typed methods.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
+import ssl
 from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import quote
 
-import aiohttp
+import orjson
 from yarl import URL
 
 from dialguard.ari.errors import AriUnavailable, error_from_response
+from dialguard.ari.http import HttpPool, HttpTransportError
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +64,9 @@ def ari_base_url(base_url: str) -> URL:
 class AriClient:
     """REST calls to one Asterisk, for one ARI application.
 
-    Session ownership: pass `session` to share an `aiohttp.ClientSession` you own and close
-    yourself; without it the client creates one on first use and `close()` (or leaving
-    `async with`) closes it. Each request is bounded by `timeout` seconds; a timeout, a refused
-    connection or a 5xx raises `AriUnavailable`.
+    The client owns a small pool of keep-alive connections to Asterisk, opened on first use;
+    `close()` (or leaving `async with`) closes it. Each request is bounded by `timeout`
+    seconds; a timeout, a refused or reset connection or a 5xx raises `AriUnavailable`.
     """
 
     def __init__(
@@ -74,15 +76,29 @@ class AriClient:
         password: str,
         app: str,
         *,
-        session: aiohttp.ClientSession | None = None,
         timeout: float = 5.0,
+        max_connections: int = 32,
     ) -> None:
         self._base = ari_base_url(base_url)
-        self._auth_header = basic_auth_header(username, password)
         self.app = app
-        self._session = session
-        self._owns_session = session is None
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
+        self._prefix = self._base.raw_path.rstrip("/")
+        host = self._base.raw_host or ""
+        port = self._base.port or (443 if self._base.scheme == "https" else 80)
+        authority = self._base.raw_authority
+        # Everything after the request line is the same for every request: built once.
+        self._headers = (
+            f"Host: {authority}\r\n"
+            f"Authorization: {basic_auth_header(username, password)}\r\n"
+            "User-Agent: dialguard\r\n"
+            "Accept: application/json\r\n"
+        ).encode("latin-1")
+        self._pool = HttpPool(
+            host.strip("[]"),
+            port,
+            tls=ssl.create_default_context() if self._base.scheme == "https" else None,
+            limit=max_connections,
+        )
 
     @property
     def base_url(self) -> str:
@@ -95,15 +111,8 @@ class AriClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the session if this client created it; a borrowed session is left open."""
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _session_for_request(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        return self._session
+        """Close the connections; a request after this raises AriUnavailable."""
+        await self._pool.close()
 
     async def request(
         self,
@@ -119,32 +128,40 @@ class AriClient:
         Returns None for 204. `channel_id` names the channel the command acts on, so that a 404
         becomes ChannelGone and a 409 NotInStasis. None values in `params` are left out.
         """
-        url = self._base.with_path(self._base.raw_path + path, encoded=True)
-        query = _encode_params(params)
-        session = self._session_for_request()
+        data = self._serialise(method, path, params, json)
         try:
-            async with session.request(
-                method,
-                url,
-                params=query,
-                json=json,
-                headers={"Authorization": self._auth_header},
-                timeout=self._timeout,
-            ) as resp:
-                body = await _read_body(resp)
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            async with asyncio.timeout(self._timeout):
+                response = await self._pool.request(data)
+        except (HttpTransportError, TimeoutError, OSError) as exc:
             log.warning("ARI %s %s failed: %s", method, path, type(exc).__name__)
             raise AriUnavailable(
                 f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
                 channel_id=channel_id,
             ) from exc
+        status = response.status
+        body = _parse_body(status, response.body)
         if status >= 400:
             error = error_from_response(status, body, channel_id=channel_id)
             log.debug("ARI %s %s -> %s %s", method, path, status, error.message)
             raise error
         log.debug("ARI %s %s -> %s", method, path, status)
         return body
+
+    def _serialise(self, method: str, path: str, params: Params | None, json: Any) -> bytes:
+        target = self._prefix + _quote_path(path)
+        query = _encode_query(params)
+        if query:
+            target = f"{target}?{query}"
+        if json is not None:
+            payload = orjson.dumps(json)
+            head = (
+                f"{method} {target} HTTP/1.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\n"
+            )
+            return head.encode("latin-1") + self._headers + b"\r\n" + payload
+        # A POST without a body still states its length; some servers wait for one otherwise.
+        length = "Content-Length: 0\r\n" if method in ("POST", "PUT") else ""
+        return f"{method} {target} HTTP/1.1\r\n{length}".encode("latin-1") + self._headers + b"\r\n"
 
     # -- channels ---------------------------------------------------------------------------
 
@@ -273,30 +290,34 @@ def _seg(value: str) -> str:
     return quote(value, safe="")
 
 
-def _encode_params(params: Params | None) -> dict[str, str]:
+# Characters a path may carry as they are (RFC 3986 pchar and "/"), "%" for what is already
+# quoted. Anything else (spaces, CR, LF, "?", "#") is quoted so it cannot change the request.
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+
+
+def _quote_path(path: str) -> str:
+    return quote(path, safe=_PATH_SAFE)
+
+
+def _encode_query(params: Params | None) -> str:
     if not params:
-        return {}
-    encoded: dict[str, str] = {}
+        return ""
+    parts: list[str] = []
     for key, value in params.items():
         if value is None:
             continue
-        if isinstance(value, bool):
-            encoded[key] = "true" if value else "false"
-        else:
-            encoded[key] = str(value)
-    return encoded
+        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        parts.append(f"{quote(key, safe='')}={quote(text, safe='/:,@')}")
+    return "&".join(parts)
 
 
-async def _read_body(resp: aiohttp.ClientResponse) -> Any:
-    if resp.status == 204:
-        return None
-    text = await resp.text()
-    if not text:
+def _parse_body(status: int, body: bytes) -> Any:
+    if status == 204 or not body:
         return None
     try:
-        return await resp.json(content_type=None)
-    except ValueError:
-        return {"message": text.strip()}
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {"message": body.decode("utf-8", "replace").strip()}
 
 
 def _expect_dict(result: Any) -> dict[str, Any]:

@@ -1,0 +1,160 @@
+"""The ARI keep-alive HTTP client against small scripted servers on real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from dialguard.ari import AriClient, AriUnavailable
+from dialguard.ari.http import HttpPool, HttpTransportError
+
+Answer = Callable[[bytes], bytes | None]
+
+
+class ScriptedServer:
+    """Answers each request head with `answer(head)`; None closes the connection unanswered."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.heads: list[bytes] = []
+        self.writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        for writer in self.writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.writers.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        await reader.readexactly(int(line.split(b":")[1]))
+                self.heads.append(head)
+                reply = self.answer(head)
+                if reply is None:
+                    writer.close()
+                    return
+                writer.write(reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+def ok(body: bytes = b'{"ok": true}') -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+@contextlib.asynccontextmanager
+async def serve(answer: Answer) -> AsyncIterator[tuple[ScriptedServer, int]]:
+    server = ScriptedServer(answer)
+    try:
+        yield server, await server.start()
+    finally:
+        await server.stop()
+
+
+async def test_requests_reuse_one_kept_alive_connection() -> None:
+    async with serve(lambda head: ok()) as (server, port):
+        async with AriClient(f"http://127.0.0.1:{port}/ari", "u", "p", "app") as ari:
+            for _ in range(5):
+                assert await ari.request("GET", "/channels") == {"ok": True}
+        assert server.connections == 1
+        assert server.heads[0].startswith(b"GET /ari/channels HTTP/1.1\r\n")
+        assert b"Authorization: Basic dTpw\r\n" in server.heads[0]
+
+
+async def test_an_idle_connection_closed_by_the_server_is_replaced_once() -> None:
+    answered = 0
+
+    def answer_once_per_connection(head: bytes) -> bytes | None:
+        nonlocal answered
+        answered += 1
+        return ok() if answered % 2 == 1 else None
+
+    async with serve(answer_once_per_connection) as (server, port):
+        async with AriClient(f"http://127.0.0.1:{port}/ari", "u", "p", "app") as ari:
+            assert await ari.request("POST", "/channels/1.2/continue") == {"ok": True}
+            assert await ari.request("POST", "/channels/1.2/continue") == {"ok": True}
+        assert server.connections == 2
+        assert b"Content-Length: 0\r\n" in server.heads[0]
+
+
+async def test_connection_close_is_honoured() -> None:
+    reply = b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
+    async with serve(lambda head: reply) as (server, port):
+        async with AriClient(f"http://127.0.0.1:{port}/ari", "u", "p", "app") as ari:
+            assert await ari.request("DELETE", "/channels/1.2", {"reason_code": 21}) is None
+            assert await ari.request("DELETE", "/channels/1.2", {"reason_code": 21}) is None
+        assert server.connections == 2
+        assert server.heads[0].startswith(b"DELETE /ari/channels/1.2?reason_code=21 HTTP/1.1\r\n")
+
+
+async def test_a_chunked_answer_is_read_whole() -> None:
+    reply = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\n[1, 2\r\n3;ext=1\r\n, 3\r\n1\r\n]\r\n0\r\n\r\n"
+    )
+    async with (
+        serve(lambda head: reply) as (_, port),
+        AriClient(f"http://127.0.0.1:{port}/ari", "u", "p", "app") as ari,
+    ):
+        assert await ari.request("GET", "/channels") == [1, 2, 3]
+
+
+async def test_an_answer_that_never_comes_times_out_and_the_connection_is_dropped() -> None:
+    stall = asyncio.Event()
+
+    def answer(head: bytes) -> bytes | None:
+        return ok() if stall.is_set() else b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{"
+
+    async with serve(answer) as (server, port):
+        async with AriClient(f"http://127.0.0.1:{port}/ari", "u", "p", "app", timeout=0.2) as ari:
+            with pytest.raises(AriUnavailable):
+                await ari.request("GET", "/channels")
+            stall.set()
+            assert await ari.request("GET", "/channels") == {"ok": True}
+        assert server.connections == 2
+
+
+async def test_path_and_query_cannot_smuggle_header_lines() -> None:
+    async with serve(lambda head: ok()) as (server, port):
+        async with AriClient(f"http://127.0.0.1:{port}/ari", "u", "p", "app") as ari:
+            await ari.request("GET", "/channels/a b\r\nX: y", {"variable": "A\r\nB"})
+        first_line = server.heads[0].split(b"\r\n")[0]
+        assert first_line == b"GET /ari/channels/a%20b%0D%0AX:%20y?variable=A%0D%0AB HTTP/1.1"
+
+
+async def test_a_closed_pool_refuses_requests() -> None:
+    pool = HttpPool("127.0.0.1", 9)
+    await pool.close()
+    with pytest.raises(HttpTransportError):
+        await pool.request(b"GET / HTTP/1.1\r\n\r\n")
+
+
+def test_the_client_runs_on_uvloop() -> None:
+    # `dialguard serve` runs on uvloop, whose transports are not asyncio's classes.
+    uvloop = pytest.importorskip("uvloop")
+
+    async def exchange() -> object:
+        async with (
+            serve(lambda head: ok()) as (_, port),
+            AriClient(f"http://127.0.0.1:{port}/ari", "u", "p", "app") as ari,
+        ):
+            return await ari.request("GET", "/channels")
+
+    assert uvloop.run(exchange()) == {"ok": True}
