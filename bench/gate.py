@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 
 from dialguard.store.callerids import CallerIdStore
 from dialguard.store.connection import create_pool
@@ -52,6 +53,44 @@ class TimedFake(FakeAsterisk):
         super()._record(method, path, query, body, status, response)
 
 
+class CpuMeter:
+    """CPU seconds (user + system) of the parties on the box, read before and after a step.
+
+    The bench process holds the fake Asterisk and the load generator; PostgreSQL is the
+    postmaster and every backend under it.
+    """
+
+    def __init__(self, dialguard_pid: int, postmaster_pid: int | None) -> None:
+        self._bench = psutil.Process()
+        self._dialguard = psutil.Process(dialguard_pid)
+        self._postmaster = psutil.Process(postmaster_pid) if postmaster_pid else None
+
+    def sample(self) -> dict[str, float]:
+        seconds = {
+            "bench": _cpu(self._bench),
+            "dialguard": _cpu(self._dialguard),
+        }
+        if self._postmaster is not None:
+            family = [self._postmaster, *self._postmaster.children(recursive=True)]
+            seconds["postgres"] = sum(_cpu(p) for p in family)
+        return seconds
+
+
+def _cpu(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return float(times.user + times.system)
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    try:
+        return int((data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -72,8 +111,11 @@ async def wait_ready(url: str, proc: asyncio.subprocess.Process) -> None:
             await asyncio.sleep(0.1)
 
 
-async def run_rate(fake: TimedFake, rate: float, seconds: float, offset: int) -> dict[str, Any]:
+async def run_rate(
+    fake: TimedFake, rate: float, seconds: float, offset: int, cpu: CpuMeter | None = None
+) -> dict[str, Any]:
     count = int(rate * seconds)
+    cpu_before = cpu.sample() if cpu is not None else {}
     sent: dict[str, float] = {}
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -92,6 +134,7 @@ async def run_rate(fake: TimedFake, rate: float, seconds: float, offset: int) ->
     # Report what was answered, even if some verdicts never came.
     with contextlib.suppress(TimeoutError):
         await fake.wait_for(lambda: all(c in fake.answered_at for c in sent), timeout=10.0)
+    cpu_after = cpu.sample() if cpu is not None else {}
     latencies = sorted(
         (fake.answered_at[c] - t0) * 1000 for c, t0 in sent.items() if c in fake.answered_at
     )
@@ -108,6 +151,11 @@ async def run_rate(fake: TimedFake, rate: float, seconds: float, offset: int) ->
         "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 2) if latencies else None,
         "max_ms": round(latencies[-1], 2) if latencies else None,
         "generator_late": late,
+        # CPU per offered call, in ms, for each party (the settling wait included).
+        "cpu_ms_per_call": {
+            name: round((cpu_after[name] - cpu_before[name]) * 1000 / max(count, 1), 2)
+            for name in cpu_after
+        },
     }
 
 
@@ -166,9 +214,11 @@ async def main() -> None:
             await wait_ready(f"http://127.0.0.1:{api}/readyz", proc)
             # Warm-up, not reported: first calls load number metadata and prepare statements.
             await run_rate(fake, 50, 2, 0)
+            pg_pid = postmaster_pid(workdir / "pgdata") if embedded is not None else None
+            cpu = CpuMeter(proc.pid, pg_pid)
             offset = 100
             for rate in args.rates:
-                result = await run_rate(fake, rate, args.seconds, offset)
+                result = await run_rate(fake, rate, args.seconds, offset, cpu)
                 offset += result["calls"]
                 print(json.dumps(result), flush=True)
                 results.append(result)
