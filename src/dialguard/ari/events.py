@@ -47,6 +47,9 @@ def parse_ari_time(value: str) -> datetime:
     return parsed
 
 
+_ONLY_STR = {str}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Channel:
     """A channel snapshot as ARI sends it (the fields dialguard uses).
@@ -72,7 +75,61 @@ class Channel:
 
     @classmethod
     def from_json(cls, raw: Any) -> Channel:
-        """Build from ARI's Channel model; MalformedEvent when a required field is missing."""
+        """Build from ARI's Channel model; MalformedEvent when a required field is missing.
+
+        Every event carries one or two snapshots, so the well-formed case is read directly;
+        anything unexpected takes the checked path, which names what is wrong.
+        """
+        try:
+            caller = raw["caller"]
+            connected = raw["connected"]
+            dialplan = raw["dialplan"]
+            texts = (
+                raw["id"],
+                raw["name"],
+                raw["state"],
+                caller["number"],
+                caller["name"],
+                connected["number"],
+                connected["name"],
+                dialplan["context"],
+                dialplan["exten"],
+                dialplan["app_name"],
+                dialplan["app_data"],
+                raw["creationtime"],
+            )
+            priority = dialplan["priority"]
+            channelvars = raw.get("channelvars")
+        except (KeyError, TypeError, AttributeError):
+            return cls._checked(raw)
+        if (
+            type(priority) is not int
+            or channelvars is not None
+            or set(map(type, texts)) != _ONLY_STR
+        ):
+            return cls._checked(raw)
+        try:
+            creationtime = parse_ari_time(texts[11])
+        except ValueError:
+            return cls._checked(raw)
+        return cls(
+            id=texts[0],
+            name=texts[1],
+            state=texts[2],
+            caller_number=texts[3],
+            caller_name=texts[4],
+            connected_number=texts[5],
+            connected_name=texts[6],
+            context=texts[7],
+            exten=texts[8],
+            priority=priority,
+            app_name=texts[9],
+            app_data=texts[10],
+            creationtime=creationtime,
+        )
+
+    @classmethod
+    def _checked(cls, raw: Any) -> Channel:
         obj = _obj(raw, "channel")
         caller = _obj(obj.get("caller"), "channel.caller")
         connected = _obj(obj.get("connected"), "channel.connected")

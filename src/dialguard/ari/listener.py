@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+import orjson
 
 from dialguard.ari.client import ari_base_url, basic_auth_header
 from dialguard.ari.errors import MalformedEvent
@@ -210,8 +210,8 @@ class EventListener:
 
     def _handle_text(self, text: str) -> None:
         try:
-            raw: Any = json.loads(text)
-        except ValueError:
+            raw: Any = orjson.loads(text)
+        except orjson.JSONDecodeError:
             log.warning("ARI events: skipped a message that is not JSON (%d bytes)", len(text))
             return
         log.debug("ARI event: %s", text)
