@@ -15,10 +15,28 @@ from dialguard.testing.outcomes import Outcome
 Via = Literal["local", "sip"]
 
 
+class _MillisecondClock:
+    """Formats the current millisecond once: every event and snapshot of a call asks for it."""
+
+    def __init__(self) -> None:
+        self._millisecond = -1
+        self._text = ""
+
+    def now(self) -> str:
+        millisecond = time.time_ns() // 1_000_000
+        if millisecond != self._millisecond:
+            at = datetime.fromtimestamp(millisecond / 1000, UTC)
+            self._text = at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{millisecond % 1000:03d}+0000"
+            self._millisecond = millisecond
+        return self._text
+
+
+_CLOCK = _MillisecondClock()
+
+
 def ari_now() -> str:
     """Now, written the way Asterisk writes event timestamps: 2026-11-28T14:48:08.106+0000."""
-    now = datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}+0000"
+    return _CLOCK.now()
 
 
 _CALLER_ID = re.compile(r'^\s*"?(?P<name>[^"<]*?)"?\s*<(?P<number>[^>]*)>\s*$')

@@ -55,6 +55,11 @@ class FakeAsterisk:
     Stasis() argument templates (${EXTEN}, ${CALLERID(num)}, ${CALLERID(name)}, ${VAR});
     `channelvars` mirrors ari.conf `channelvars` (listed variables appear in snapshots);
     `default_outcome` is what the carrier does for numbers without `set_outcome`.
+
+    For benchmarks only, where the fake stands in for a C Asterisk and its own CPU is noise:
+    `validate_requests=False` skips checking each request against the ARI definitions
+    (`protocol_violations` then stays empty), and `keep_records=False` keeps neither `requests`,
+    `events_sent` nor `calls`. Tests keep both defaults.
     """
 
     def __init__(
@@ -72,6 +77,8 @@ class FakeAsterisk:
         default_outcome: Outcome | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        validate_requests: bool = True,
+        keep_records: bool = True,
     ) -> None:
         if not trunk_endpoints:
             raise ValueError("at least one trunk endpoint is needed")
@@ -79,7 +86,9 @@ class FakeAsterisk:
         self._host = host
         self._port = port
         self._sequence = Counter()
-        self._apps = AppRegistry(self._sequence)
+        self._validate = validate_requests
+        self._keep_records = keep_records
+        self._apps = AppRegistry(self._sequence, record=keep_records)
         self._pbx = Pbx(
             PbxConfig(
                 app=app,
@@ -92,6 +101,7 @@ class FakeAsterisk:
                 default_outcome=default_outcome or Outcome.answered(),
             ),
             self._apps,
+            keep_calls=keep_records,
         )
         self._definitions = AriDefinitions.load()
         self._runner: web.AppRunner | None = None
@@ -400,7 +410,7 @@ class FakeAsterisk:
         except MethodNotAllowed as exc:
             self._violation(request.method, path, str(exc))
             return self._answer(request, path, query, body, 405, {"message": "Invalid method"})
-        violations = self._definitions.validate(op, query, body)
+        violations = self._definitions.validate(op, query, body) if self._validate else []
         for v in violations:
             self._violation(request.method, path, v.message)
         unhandled = [v for v in violations if (op.nickname, v.param) not in SELF_CHECKED]
@@ -445,9 +455,10 @@ class FakeAsterisk:
     def _record(
         self, method: str, path: str, query: dict[str, str], body: Any, status: int, response: Any
     ) -> None:
-        self.requests.append(
-            RecordedRequest(self._sequence.next(), method, path, query, body, status, response)
-        )
+        if self._keep_records:
+            self.requests.append(
+                RecordedRequest(self._sequence.next(), method, path, query, body, status, response)
+            )
 
     def _violation(self, method: str, path: str, message: str) -> None:
         log.warning("fake ARI: protocol violation: %s %s: %s", method, path, message)

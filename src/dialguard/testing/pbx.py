@@ -82,13 +82,17 @@ class LabelNotFound(Exception):
 
 
 class Pbx:
-    """Owns every channel and the tasks that move calls along; `shutdown()` cancels them."""
+    """Owns every channel and the tasks that move calls along; `shutdown()` cancels them.
 
-    def __init__(self, config: PbxConfig, apps: AppRegistry) -> None:
+    `calls` lists every call placed, unless `keep_calls` is False (benchmarks).
+    """
+
+    def __init__(self, config: PbxConfig, apps: AppRegistry, *, keep_calls: bool = True) -> None:
         self.config = config
         self.apps = apps
         self.channels: dict[str, FakeChannel] = {}
         self.calls: list[Call] = []
+        self._keep_calls = keep_calls
         self.outcomes: dict[str, Outcome] = {}
         self._ids = ChannelIds()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -241,7 +245,8 @@ class Pbx:
             originate_context=originate_context,
             originate_exten=originate_exten or number,
         )
-        self.calls.append(call)
+        if self._keep_calls:
+            self.calls.append(call)
         call.task = self.spawn(self._outbound(call, variables, stasis_args, originate_timeout))
         return call
 
@@ -630,7 +635,8 @@ class Pbx:
             originate_context=context,
             originate_exten=exten,
         )
-        self.calls.append(call)
+        if self._keep_calls:
+            self.calls.append(call)
         call.task = self.spawn(self._direct(call, endpoint, app, app_args, channel_id))
         return call
 
