@@ -67,6 +67,15 @@ class AriDefinitions:
     def __init__(self, operations: list[Operation]) -> None:
         # Literal segments win over {params}: /channels/create is not a channel id.
         self._operations = sorted(operations, key=lambda op: -op.literal_segments)
+        # Only templates with the path's first segment and number of segments can match it
+        # ({params} never span a "/"): the fake looks up a few instead of every operation.
+        # A template ending in a literal ("/continue") is skipped unless the path ends so too.
+        self._by_shape: dict[tuple[str, int], list[tuple[str | None, Operation]]] = {}
+        for op in self._operations:
+            last = op.template.rsplit("/", 1)[-1]
+            literal_last = None if last.startswith("{") else last
+            self._by_shape.setdefault(_shape(op.template), []).append((literal_last, op))
+        self._any_shape = any(key[0].startswith("{") for key in self._by_shape)
 
     @classmethod
     def load(cls) -> AriDefinitions:
@@ -92,7 +101,14 @@ class AriDefinitions:
     def match(self, method: str, path: str) -> tuple[Operation, dict[str, str]]:
         """Find the operation for a path below /ari; RouteNotFound / MethodNotAllowed."""
         path_found = False
-        for op in self._operations:
+        if self._any_shape:
+            candidates = [(None, op) for op in self._operations]
+        else:
+            candidates = self._by_shape.get(_shape(path), [])
+        last = path.rsplit("/", 1)[-1]
+        for literal_last, op in candidates:
+            if literal_last is not None and literal_last != last:
+                continue
             m = op.pattern.fullmatch(path)
             if m is None:
                 continue
@@ -130,6 +146,12 @@ class AriDefinitions:
             if problem is not None:
                 violations.append(Violation(problem, p.name))
         return violations
+
+
+def _shape(path: str) -> tuple[str, int]:
+    """The first segment and the number of segments: "/channels/1.2/continue" -> ("channels", 4)."""
+    parts = path.split("/")
+    return (parts[1] if len(parts) > 1 else "", len(parts))
 
 
 def _operation(template: str, op: dict[str, Any]) -> Operation:
