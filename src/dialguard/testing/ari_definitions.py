@@ -101,6 +101,7 @@ class AriDefinitions:
     def match(self, method: str, path: str) -> tuple[Operation, dict[str, str]]:
         """Find the operation for a path below /ari; RouteNotFound / MethodNotAllowed."""
         path_found = False
+        candidates: list[tuple[str | None, Operation]]
         if self._any_shape:
             candidates = [(None, op) for op in self._operations]
         else:
