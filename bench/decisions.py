@@ -8,7 +8,9 @@ For each ``synchronous_commit`` setting asked for, and each client count (1, 16,
 * the decider: ``clients`` coroutines in one process (uvloop), each deciding one call after
   another through :class:`dialguard.decider.Decider` on a pool of ``clients`` connections (the
   production path: normalisation, pure checks, the ``dg_decide`` round trip as a prepared
-  statement, evidence, metrics), for ``--seconds`` after a warm-up;
+  statement, evidence, metrics), for ``--seconds`` after a warm-up; once per ``--batches``
+  value: the decisions that arrive together go in one ``dg_decide_batch`` round trip, with at
+  most that many batches in flight (0: every decision in its own round trip);
 * pgbench: ``clients`` connections running ``SELECT * FROM dg_decide(...)`` with the same
   parameters (read from the decider's own first call) and the same destination mix, ``-M
   prepared``, for the same time.
@@ -73,7 +75,7 @@ from dialguard.decider import Decider, NumberPolicy
 from dialguard.metrics import Metrics
 from dialguard.policy.model import DecisionRequest
 from dialguard.store.campaigns import CampaignStore
-from dialguard.store.connection import _init_connection, create_pool
+from dialguard.store.connection import create_pool
 from dialguard.store.decisions import DecideParams, DecideResult, DecisionStore
 
 
@@ -81,7 +83,7 @@ from dialguard.store.decisions import DecideParams, DecideResult, DecisionStore
 class Measurement:
     driver: str  # "decider" or "pgbench"
     synchronous_commit: str
-    pool_reset: str  # "default" (asyncpg's reset query on release), "none", or "-" for pgbench
+    batches: str  # the decider's DecisionStore batches (0: each decision alone), "-" for pgbench
     clients: int
     seconds: float
     decisions: int
@@ -154,40 +156,18 @@ async def drive(
     return latencies, mix, time.perf_counter() - started
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """A pool ``reset`` that sends nothing: dg_decide leaves no session state behind."""
-
-
-async def open_pool(dsn: str, clients: int, reset: str) -> asyncpg.Pool:
-    if reset == "default":
-        return await create_pool(dsn, min_size=clients, max_size=clients)
-    # dialguard's create_pool with one change: no reset query on every release (the proposed
-    # fix, measured here without touching src/).
-    pool = await asyncpg.create_pool(
-        dsn,
-        min_size=clients,
-        max_size=clients,
-        init=_init_connection,
-        command_timeout=30,
-        server_settings={"application_name": "dialguard"},
-        reset=_keep_session,
-    )
-    assert pool is not None
-    return pool
-
-
 async def run_decider(
     dsn: str,
     clients: int,
     seconds: float,
     warmup: float,
     sync: str,
-    reset: str,
+    batches: int,
     rng: random.Random,
 ) -> tuple[Measurement, DecideParams | None]:
-    pool = await open_pool(dsn, clients, reset)
+    pool = await create_pool(dsn, min_size=clients, max_size=clients)
     try:
-        store = CapturingStore(pool)
+        store = CapturingStore(pool, batches=batches)
         decider = Decider(
             decisions=store,
             campaigns=CampaignStore(pool),
@@ -214,7 +194,7 @@ async def run_decider(
         Measurement(
             driver="decider",
             synchronous_commit=sync,
-            pool_reset=reset,
+            batches=str(batches),
             clients=clients,
             seconds=round(elapsed, 2),
             decisions=len(ms),
@@ -369,7 +349,7 @@ async def run_pgbench(
     return Measurement(
         driver="pgbench",
         synchronous_commit=sync,
-        pool_reset="-",
+        batches="-",
         clients=clients,
         seconds=seconds,
         decisions=len(ms),
@@ -418,9 +398,9 @@ async def bench(args: argparse.Namespace, admin_url: str) -> list[Measurement]:
         try:
             for clients in args.clients:
                 params: DecideParams | None = None
-                for reset in args.pool_reset:
+                for batches in args.batches:
                     decider, params = await run_decider(
-                        dsn, clients, args.seconds, args.warmup, sync, reset, rng
+                        dsn, clients, args.seconds, args.warmup, sync, batches, rng
                     )
                     report(decider)
                     results.append(decider)
@@ -439,7 +419,7 @@ async def bench(args: argparse.Namespace, admin_url: str) -> list[Measurement]:
 def report(m: Measurement) -> None:
     mix = ", ".join(f"{k} {100 * v / max(m.decisions, 1):.1f}%" for k, v in m.mix.items())
     print(
-        f"{m.driver:8} sync={m.synchronous_commit:3} reset={m.pool_reset:7} "
+        f"{m.driver:8} sync={m.synchronous_commit:3} batches={m.batches:2} "
         f"clients={m.clients:2}: "
         f"{m.per_second:8.0f}/s p50 {m.p50_ms:.2f} ms p99 {m.p99_ms:.2f} ms "
         f"max {m.max_ms:.1f} ms cpu {m.machine_cpu_pct}% load {m.load_before} -> {m.load_after}"
@@ -452,7 +432,7 @@ def report(m: Measurement) -> None:
 
 def table(results: list[Measurement]) -> str:
     lines = [
-        "| sync commit | pool reset | clients | decider /s | p50 ms | p99 ms | max ms "
+        "| sync commit | batches | clients | decider /s | p50 ms | p99 ms | max ms "
         "| pgbench /s | pgbench p99 ms | decider / pgbench |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -463,7 +443,7 @@ def table(results: list[Measurement]) -> str:
         ceiling = ceilings.get((m.synchronous_commit, m.clients))
         ratio = f"{100 * m.per_second / ceiling.per_second:.0f} %" if ceiling else "-"
         lines.append(
-            f"| {m.synchronous_commit} | {m.pool_reset} | {m.clients} | {m.per_second:,.0f} "
+            f"| {m.synchronous_commit} | {m.batches} | {m.clients} | {m.per_second:,.0f} "
             f"| {m.p50_ms:.2f} | {m.p99_ms:.2f} "
             f"| {m.max_ms:.1f} | {ceiling.per_second if ceiling else 0:,.0f} "
             f"| {ceiling.p99_ms if ceiling else 0:.2f} | {ratio} |"
@@ -486,11 +466,11 @@ def main() -> None:
         help="comma-separated settings to measure (on = the embedded server's default)",
     )
     parser.add_argument(
-        "--pool-reset",
-        type=lambda s: s.split(","),
-        default=["default", "none"],
-        help="decider pool variants: default = dialguard's pool as shipped (asyncpg sends a "
-        "reset query on every release), none = the same pool with no reset query",
+        "--batches",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[4, 0],
+        help="decider variants: how many batches of decisions may be in flight at once "
+        "(4 = dialguard as shipped; 0 = every decision in its own round trip)",
     )
     parser.add_argument("--no-pgbench", action="store_true")
     parser.add_argument(

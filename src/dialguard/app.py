@@ -59,7 +59,13 @@ class Stores:
     blacklist: BlacklistStore
 
     @classmethod
-    def on(cls, pool: asyncpg.Pool, feedback: FeedbackPolicy | None = None) -> Stores:
+    def on(
+        cls,
+        pool: asyncpg.Pool,
+        feedback: FeedbackPolicy | None = None,
+        *,
+        decision_batches: int = 0,
+    ) -> Stores:
         policy = feedback or FeedbackPolicy()
         return cls(
             pool,
@@ -67,6 +73,7 @@ class Stores:
                 pool,
                 carrier_block_window=policy.carrier_block_window,
                 carrier_block_share=policy.carrier_block_share,
+                batches=decision_batches,
             ),
             CampaignStore(pool),
             CallerIdStore(pool),
@@ -119,7 +126,9 @@ async def open_stores(
         try:
             if run_migrations:
                 await migrate(pool)
-            yield Stores.on(pool, settings.feedback)
+            yield Stores.on(
+                pool, settings.feedback, decision_batches=settings.database.decision_batches
+            )
         finally:
             await pool.close()
         return

@@ -43,6 +43,7 @@ class DatabaseSettings:
     url: str | None
     data_dir: Path
     pool_size: int
+    decision_batches: int  # batches of decisions in flight at once; 0: each decision alone
     retention: int | None  # seconds of audit log kept; None keeps everything
 
 
@@ -122,6 +123,7 @@ _SCHEMA: dict[tuple[str, str], tuple[Any, str]] = {
     ("database", "url"): (None, "str?"),
     ("database", "data_dir"): (None, "path?"),
     ("database", "pool_size"): (20, "int"),
+    ("database", "decision_batches"): (4, "int"),
     ("database", "retention"): ("400d", "retention"),
     ("ari", "url"): ("http://127.0.0.1:8088/ari", "url"),
     ("ari", "username"): ("dialguard", "str"),
@@ -365,7 +367,11 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
     data_dir = v("database", "data_dir") or default_data_dir()
     return Settings(
         database=DatabaseSettings(
-            v("database", "url"), data_dir, v("database", "pool_size"), v("database", "retention")
+            v("database", "url"),
+            data_dir,
+            v("database", "pool_size"),
+            v("database", "decision_batches"),
+            v("database", "retention"),
         ),
         ari=AriSettings(
             v("ari", "url"),

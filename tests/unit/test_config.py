@@ -35,6 +35,7 @@ EVERY_KEY: dict[tuple[str, str], tuple[str, Any, Getter]] = {
         lambda s: s.database.data_dir,
     ),
     ("database", "pool_size"): ("7", 7, lambda s: s.database.pool_size),
+    ("database", "decision_batches"): ("0", 0, lambda s: s.database.decision_batches),
     ("database", "retention"): ("90d", 90 * 86400, lambda s: s.database.retention),
     ("ari", "url"): ("https://pbx:8089/ari/", "https://pbx:8089/ari", lambda s: s.ari.url),
     ("ari", "username"): ("gatekeeper", "gatekeeper", lambda s: s.ari.username),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -10,10 +13,12 @@ from typing import Any
 import asyncpg
 
 from dialguard.policy.model import LogQuery
+from dialguard.store.batching import Batcher
 from dialguard.store.connection import connection
 from dialguard.store.queries import q
 
 _DECIDE = q("decide")
+_DECIDE_BATCH = q("decide_batch")
 _OUTCOME = q("record_outcome_judged")
 
 
@@ -74,6 +79,34 @@ class DecideParams:
             self.max_call_s,
         )
 
+    def batch_item(self) -> tuple[Any, ...]:
+        """A recorded decision as a ``dg_decide_item`` (facts as JSON text)."""
+        return (
+            self.at,
+            self.caller_id,
+            self.destination,
+            self.campaign,
+            self.campaign_version,
+            self.source,
+            self.channel_id,
+            self.pre_rule,
+            None if self.pre_facts is None else json.dumps(self.pre_facts),
+            None if self.hours_facts is None else json.dumps(self.hours_facts),
+            self.require_registered,
+            self.cooldown_s,
+            self.conversation_min_s,
+            self.interval_s,
+            self.dest_cap_limits,
+            self.dest_cap_windows,
+            self.rotation_limit,
+            self.rotation_window_s,
+            self.campaign_rotation_limit,
+            self.cid_cap_limits,
+            self.cid_cap_windows,
+            self.cid_max_concurrent,
+            self.max_call_s,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class DecideResult:
@@ -96,7 +129,9 @@ class DecisionStore:
     """Runs decisions against a pool it is given (and does not close).
 
     Outcomes are judged for the carrier-block signal with ``carrier_block_window`` and
-    ``carrier_block_share`` (the ``[feedback]`` settings).
+    ``carrier_block_share`` (the ``[feedback]`` settings). Recorded decisions that arrive
+    together are sent in batches, at most ``batches`` at once (``0``: each on its own); see
+    :mod:`dialguard.store.batching`.
     """
 
     def __init__(
@@ -105,15 +140,34 @@ class DecisionStore:
         *,
         carrier_block_window: int = 50,
         carrier_block_share: float = 0.5,
+        batches: int = 4,
     ) -> None:
         self._pool = pool
         # The share as written (0.3, not the binary float next to it): compared as numeric.
         self._block = (carrier_block_window, Decimal(repr(carrier_block_share)))
+        self._batcher = (
+            Batcher(self._decide_one, self._decide_many, slots=batches) if batches > 0 else None
+        )
+
+    @property
+    def batch_sizes(self) -> Counter[int]:
+        """How many round trips carried each number of recorded decisions."""
+        return self._batcher.sizes if self._batcher is not None else Counter()
 
     async def decide(self, params: DecideParams) -> DecideResult:
+        if params.record and self._batcher is not None:
+            return await self._batcher.run(params)
+        return await self._decide_one(params)
+
+    async def _decide_one(self, params: DecideParams) -> DecideResult:
         async with connection(self._pool) as conn:
             row = await conn.fetchrow(_DECIDE, *params.args())
         return DecideResult(row["decision_id"], row["rule"], row["facts"], row["stale"])
+
+    async def _decide_many(self, batch: Sequence[DecideParams]) -> list[DecideResult]:
+        async with connection(self._pool) as conn:
+            rows = await conn.fetch(_DECIDE_BATCH, [p.batch_item() for p in batch])
+        return [DecideResult(r["decision_id"], r["rule"], r["facts"], r["stale"]) for r in rows]
 
     async def record_outcome(
         self,

@@ -5,6 +5,10 @@ SELECT decision_id, rule, facts, stale FROM dg_decide(
     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
     $21, $22, $23, $24)
 
+-- name: decide_batch
+-- Recorded decisions in arrival order, answered in the same order.
+SELECT decision_id, rule, facts, stale FROM dg_decide_batch($1::dg_decide_item[])
+
 -- name: record_outcome
 SELECT recorded, caller_id, campaign FROM dg_record_outcome($1, $2, $3, $4, $5, $6)
 

@@ -1,0 +1,125 @@
+"""Gathering concurrent decisions into batches: one round trip and one commit for many.
+
+A decision waits only while every batch slot is busy: with a slot free it leaves at once, alone,
+so a quiet system pays nothing. Under load the decisions that arrive while the slots are busy go
+together in the next batch, which is where a database on a small machine spends its time
+(the commit's flush and the round trip are paid once a batch instead of once a decision).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class _Waiting(Generic[P, R]):
+    item: P
+    answer: asyncio.Future[R]
+
+
+class Batcher(Generic[P, R]):
+    """Runs items through ``one`` (a batch of one) or ``many`` (several, answers in order).
+
+    At most ``slots`` calls are in flight at once, each with at most ``max_items`` items. When
+    ``many`` fails with a database error (a deadlock, or one item the database rejects), each
+    of its items is run again on its own through ``one``, so an error reaches only the item
+    that caused it. A caller that stops waiting (a deadline) before its batch leaves is dropped
+    from it; after that, its item is decided and recorded but nobody reads the answer.
+    """
+
+    def __init__(
+        self,
+        one: Callable[[P], Awaitable[R]],
+        many: Callable[[Sequence[P]], Awaitable[list[R]]],
+        *,
+        slots: int,
+        max_items: int = 64,
+    ) -> None:
+        if slots < 1 or max_items < 1:
+            raise ValueError("a batcher needs at least one slot and one item a batch")
+        self._one = one
+        self._many = many
+        self._slots = slots
+        self._max_items = max_items
+        self._queue: deque[_Waiting[P, R]] = deque()
+        self._busy = 0
+        self._running: set[asyncio.Task[None]] = set()
+        # How many calls went out at each size (1 = alone).
+        self.sizes: Counter[int] = Counter()
+
+    async def run(self, item: P) -> R:
+        answer: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Waiting(item, answer))
+        self._dispatch()
+        return await answer
+
+    def _dispatch(self) -> None:
+        while self._queue and self._busy < self._slots:
+            batch: list[_Waiting[P, R]] = []
+            while self._queue and len(batch) < self._max_items:
+                waiting = self._queue.popleft()
+                if not waiting.answer.done():
+                    batch.append(waiting)
+            if not batch:
+                continue
+            self._busy += 1
+            self.sizes[len(batch)] += 1
+            task = asyncio.create_task(self._send(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _send(self, batch: list[_Waiting[P, R]]) -> None:
+        try:
+            if len(batch) == 1:
+                await self._answer_alone(batch[0])
+            else:
+                try:
+                    answers = await self._many([w.item for w in batch])
+                except asyncpg.PostgresError as exc:
+                    log.warning(
+                        "a batch of %d decisions failed (%s); deciding each alone", len(batch), exc
+                    )
+                    for waiting in batch:
+                        await self._answer_alone(waiting)
+                except Exception as exc:
+                    for waiting in batch:
+                        _fail(waiting, exc)
+                else:
+                    for waiting, answer in zip(batch, answers, strict=True):
+                        if not waiting.answer.done():
+                            waiting.answer.set_result(answer)
+        except asyncio.CancelledError:
+            for waiting in batch:
+                waiting.answer.cancel()
+            raise
+        finally:
+            self._busy -= 1
+            self._dispatch()
+
+    async def _answer_alone(self, waiting: _Waiting[P, R]) -> None:
+        if waiting.answer.done():
+            return
+        try:
+            answer = await self._one(waiting.item)
+        except Exception as exc:
+            _fail(waiting, exc)
+        else:
+            if not waiting.answer.done():
+                waiting.answer.set_result(answer)
+
+
+def _fail(waiting: _Waiting[P, R], exc: Exception) -> None:
+    if not waiting.answer.done():
+        waiting.answer.set_exception(exc)

@@ -1,0 +1,207 @@
+"""Decisions sent in batches (dg_decide_batch) decide exactly as the same calls one by one."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import datetime, timedelta
+
+import asyncpg
+import pytest
+
+from dialguard.decider import Decider, NumberPolicy
+from dialguard.policy.codes import Rule
+from dialguard.policy.model import DecisionRequest
+from dialguard.store.blacklist import BlacklistStore
+from dialguard.store.callerids import CallerIdStore
+from dialguard.store.campaigns import CampaignStore
+from dialguard.store.connection import create_pool
+from dialguard.store.decisions import DecideParams, DecisionStore
+from tests.support import NOON_NY, BuiltinProfiles
+
+
+def decider_on(
+    pool: asyncpg.Pool, batches: int, profiles: BuiltinProfiles, store: DecisionStore | None = None
+) -> Decider:
+    return Decider(
+        decisions=store or DecisionStore(pool, batches=batches),
+        campaigns=CampaignStore(pool),
+        profiles=profiles,
+        numbers=NumberPolicy("US", "America/New_York"),
+        deadline=10.0,
+    )
+
+
+async def scenario(pool: asyncpg.Pool, area: str, at: datetime) -> list[DecisionRequest]:
+    """Calls that make most rules speak, in an order where each depends on those before it.
+
+    Numbers are drawn from ``area`` so that two runs in one database do not see each other.
+    """
+    a, b, c, d = (f"+1{area}5550{n}00" for n in range(1, 5))
+    for caller in (a, b, c):
+        await CallerIdStore(pool).add(caller, None)
+    await BlacklistStore(pool).add_number(f"+1{area}2649999")
+    dest = [f"+1{area}26400{n:02d}" for n in range(12)]
+
+    def call(caller: str, destination: str, seconds: int) -> DecisionRequest:
+        return DecisionRequest(
+            caller_id=caller, destination=destination, at=at + timedelta(seconds=seconds)
+        )
+
+    return [
+        call(a, dest[0], 0),  # allow
+        call(b, dest[0], 1),  # destination_interval: the attempt just before counts
+        call(d, dest[1], 2),  # callerid_unknown
+        call(a, f"+1{area}2649999", 3),  # blacklisted
+        *(call(a, dest[n], 4 + n) for n in range(1, 6)),  # four allowed, then callerid_rate
+        call(c, dest[6], 20),  # allow
+        call(c, dest[6], 21),  # destination_interval again
+        call(b, dest[7], 22),  # allow
+        call(a, "not a number", 23),  # invalid_number
+    ]
+
+
+async def test_a_batch_decides_as_the_same_calls_one_after_another(pool: asyncpg.Pool) -> None:
+    profiles = BuiltinProfiles(callerid_caps=["5/1m"])
+    one_by_one = decider_on(pool, 0, profiles)
+    alone = [await one_by_one.decide(r) for r in await scenario(pool, "212", NOON_NY)]
+
+    # One slot: the first call leaves alone and every later one waits for it, so all of them
+    # go together in the second batch, in arrival order.
+    store = DecisionStore(pool, batches=1)
+    batched = decider_on(pool, 1, profiles, store)
+    requests = await scenario(pool, "718", NOON_NY + timedelta(days=1))
+    await batched.profile_for("default")  # else the calls reach the store as their loads finish
+    together = await asyncio.gather(*(batched.decide(r) for r in requests))
+
+    assert [d.rule for d in together] == [d.rule for d in alone]
+    assert store.batch_sizes == {1: 1, 12: 1}
+    assert [d.rule for d in alone] == [
+        None,
+        Rule.DESTINATION_INTERVAL,
+        Rule.CALLERID_UNKNOWN,
+        Rule.BLACKLISTED,
+        None,
+        None,
+        None,
+        None,
+        Rule.CALLERID_RATE,
+        None,
+        Rule.DESTINATION_INTERVAL,
+        None,
+        Rule.INVALID_NUMBER,
+    ]
+    # Every decision is recorded, with its own id, in arrival order.
+    ids = [d.decision_id or 0 for d in together]
+    assert all(ids) and ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+def params(destination: str, seconds: int) -> DecideParams:
+    """A recorded decision with every limit off, for a campaign never set."""
+    return DecideParams(
+        at=NOON_NY + timedelta(seconds=seconds),
+        caller_id="+12125550100",
+        destination=destination,
+        campaign="default",
+        campaign_version=0,
+        record=True,
+        source="test",
+        channel_id=None,
+        pre_rule=None,
+        pre_facts=None,
+        hours_facts=None,
+        require_registered=False,
+        cooldown_s=None,
+        conversation_min_s=None,
+        interval_s=None,
+        dest_cap_limits=[],
+        dest_cap_windows=[],
+        rotation_limit=None,
+        rotation_window_s=None,
+        campaign_rotation_limit=None,
+        cid_cap_limits=[],
+        cid_cap_windows=[],
+        cid_max_concurrent=None,
+        max_call_s=7200,
+    )
+
+
+async def test_an_item_the_database_rejects_fails_alone_and_the_rest_are_decided(
+    pool: asyncpg.Pool,
+) -> None:
+    store = DecisionStore(pool, batches=1)
+    first = asyncio.create_task(store.decide(params("+12122640001", 0)))
+    await asyncio.sleep(0)
+    # A destination the decider would never send: its bigint key cannot be read.
+    items = [params("+12122640002", 1), params("+1212x", 2), params("+12122640003", 3)]
+    rest = await asyncio.gather(*(store.decide(p) for p in items), return_exceptions=True)
+    assert (await first).rule is None
+    assert store.batch_sizes == {1: 1, 3: 1}
+    assert isinstance(rest[1], asyncpg.PostgresError)
+    assert not isinstance(rest[0], BaseException) and rest[0].rule is None
+    assert not isinstance(rest[2], BaseException) and rest[2].rule is None
+    async with pool.acquire() as conn:
+        recorded = await conn.fetch("SELECT destination FROM decisions ORDER BY id")
+    assert [r["destination"] for r in recorded] == [
+        "+12122640001",
+        "+12122640002",
+        "+12122640003",
+    ]
+
+
+async def test_a_caller_that_gives_up_before_its_batch_leaves_records_nothing(
+    pool: asyncpg.Pool,
+) -> None:
+    await CallerIdStore(pool).add("+12125550100", None)
+    decider = decider_on(pool, 1, BuiltinProfiles())
+    first = asyncio.create_task(
+        decider.decide(
+            DecisionRequest(caller_id="+12125550100", destination="+12122640010", at=NOON_NY)
+        )
+    )
+    await asyncio.sleep(0)
+    given_up = asyncio.create_task(
+        decider.decide(
+            DecisionRequest(caller_id="+12125550100", destination="+12122640011", at=NOON_NY)
+        )
+    )
+    await asyncio.sleep(0)
+    given_up.cancel()
+    assert (await first).decision_id is not None
+    with pytest.raises(asyncio.CancelledError):
+        await given_up
+    async with pool.acquire() as conn:
+        assert (
+            await conn.fetchval("SELECT count(*) FROM decisions WHERE destination = '+12122640011'")
+            == 0
+        )
+
+
+async def test_batches_sharing_destinations_and_caller_ids_never_deadlock(db_dsn: str) -> None:
+    """Two instances, overlapping keys in every order: no error, and each limit holds."""
+    pools = [await create_pool(db_dsn, min_size=4, max_size=8) for _ in range(2)]
+    try:
+        callers = [f"+1212555{n:04d}" for n in range(500, 510)]
+        for c in callers:
+            await CallerIdStore(pools[0]).add(c, None)
+        profiles = BuiltinProfiles(
+            rotation_per_destination="off", callerid_caps=[], callerid_max_concurrent="off"
+        )
+        deciders = [decider_on(p, 4, profiles) for p in pools]
+        dests = [f"+1212264{n:04d}" for n in range(20)]
+        rng = random.Random(7)
+        requests = [
+            DecisionRequest(
+                caller_id=rng.choice(callers), destination=rng.choice(dests), at=NOON_NY
+            )
+            for _ in range(300)
+        ]
+        decided = await asyncio.gather(*(deciders[i % 2].decide(r) for i, r in enumerate(requests)))
+    finally:
+        for p in pools:
+            await p.close()
+    assert Rule.STORE_UNAVAILABLE not in {d.rule for d in decided}
+    # Exactly one allowed call a destination (its interval), whichever batch it was in.
+    allowed = sorted(d.destination for d in decided if d.rule is None)
+    assert allowed == sorted({r.destination for r in requests})
+    assert {d.rule for d in decided} == {None, Rule.DESTINATION_INTERVAL}
