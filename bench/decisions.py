@@ -96,6 +96,7 @@ class Measurement:
     load_after: str
     machine_cpu_pct: float
     client_cpu_us: float | None = None  # CPU of this process per decision (decider only)
+    per_round_trip: float | None = None  # recorded decisions per round trip (decider only)
     errors: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -182,8 +183,10 @@ async def run_decider(
         load_before = load_average()
         busy0, total0 = cpu_busy()
         cpu0 = time.process_time()
+        sizes0 = store.batch_sizes.copy()
         latencies, mix, elapsed = await drive(decider, clients, seconds, rng)
         cpu = time.process_time() - cpu0
+        sizes = store.batch_sizes - sizes0
         busy1, total1 = cpu_busy()
         load_after = load_average()
         await end_calls(pool, first)
@@ -207,6 +210,11 @@ async def run_decider(
             load_after=load_after,
             machine_cpu_pct=round(100 * (busy1 - busy0) / max(total1 - total0, 1), 1),
             client_cpu_us=round(1e6 * cpu / max(len(ms), 1), 1),
+            per_round_trip=round(
+                sum(n * k for n, k in sizes.items()) / max(sum(sizes.values()), 1), 2
+            )
+            if sizes
+            else None,
             errors=mix.get("store_unavailable", 0),
         ),
         store.first,
@@ -424,6 +432,7 @@ def report(m: Measurement) -> None:
         f"{m.per_second:8.0f}/s p50 {m.p50_ms:.2f} ms p99 {m.p99_ms:.2f} ms "
         f"max {m.max_ms:.1f} ms cpu {m.machine_cpu_pct}% load {m.load_before} -> {m.load_after}"
         + (f" py {m.client_cpu_us} us/decision" if m.client_cpu_us else "")
+        + (f" {m.per_round_trip} a round trip" if m.per_round_trip else "")
         + f"\n         mix: {mix}",
         file=sys.stderr,
         flush=True,

@@ -199,6 +199,7 @@ class Service:
         self.metrics = Metrics(
             self.registry, per_callerid=settings.metrics.per_callerid, build_version=__version__
         )
+        stores.decisions.observe_batches(self.metrics.decision_batch)
         self.tasks = TaskSet()
         self.spool = Spool(settings.gate.spool_dir, lambda rows: insert_spooled(stores.pool, rows))
         self.complaints = ComplaintStore(stores.pool)

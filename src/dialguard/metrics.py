@@ -66,6 +66,8 @@ DEFAULT_MAX_CALLER_IDS: Final = 1000
 # A decision is a few dict lookups plus one database round trip: typically 0.5-5 ms, with the
 # deadline (500 ms by default) as the ceiling. The buckets resolve p50 and p99 across that range
 # and put one edge on the 50 ms alert threshold.
+DECISION_BATCH_BUCKETS: Final[tuple[float, ...]] = (1, 2, 4, 8, 16, 32, 64)
+
 DECISION_SECONDS_BUCKETS: Final[tuple[float, ...]] = (
     0.0005,
     0.001,
@@ -162,6 +164,13 @@ class Metrics:
             "dialguard_decision_seconds",
             "Time from a call reaching the decider to its verdict.",
             buckets=DECISION_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self._decision_batch = Histogram(
+            "dialguard_decision_batch_size",
+            "Recorded decisions carried by each database round trip (1: the decision went "
+            "alone). Batches grow when decisions arrive faster than the database answers.",
+            buckets=DECISION_BATCH_BUCKETS,
             registry=registry,
         )
         self._in_flight = Gauge(
@@ -283,6 +292,10 @@ class Metrics:
             raise ValueError(f"no decision is verdict={key[0]!r} rule={key[1]!r}")
         child.inc()
         self._decision_seconds.observe(seconds)
+
+    def decision_batch(self, size: int) -> None:
+        """Observe one database round trip that carried ``size`` recorded decisions."""
+        self._decision_batch.observe(size)
 
     def in_flight(self) -> AbstractContextManager[None]:
         """Context manager that holds ``dialguard_decisions_in_flight`` up while it is open."""

@@ -69,6 +69,8 @@ async def test_a_batch_decides_as_the_same_calls_one_after_another(pool: asyncpg
     # One slot: the first call leaves alone and every later one waits for it, so all of them
     # go together in the second batch, in arrival order.
     store = DecisionStore(pool, batches=1)
+    observed: list[int] = []
+    store.observe_batches(observed.append)
     batched = decider_on(pool, 1, profiles, store)
     requests = await scenario(pool, "718", NOON_NY + timedelta(days=1))
     await batched.profile_for("default")  # else the calls reach the store as their loads finish
@@ -76,6 +78,7 @@ async def test_a_batch_decides_as_the_same_calls_one_after_another(pool: asyncpg
 
     assert [d.rule for d in together] == [d.rule for d in alone]
     assert store.batch_sizes == {1: 1, 12: 1}
+    assert observed == [1, 12]
     assert [d.rule for d in alone] == [
         None,
         Rule.DESTINATION_INTERVAL,

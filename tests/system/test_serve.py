@@ -118,6 +118,8 @@ async def test_serve_gates_calls_and_exports_metrics(
             'verdict="deny"} 1.0' in text
         )
         assert "dialguard_ari_connected 1.0" in text
+        # Two decisions, one after the other: each went to the database alone.
+        assert 'dialguard_decision_batch_size_bucket{le="1.0"} 2.0' in text
         server.proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(server.proc.wait(), 15) == 0
 

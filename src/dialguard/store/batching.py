@@ -56,8 +56,9 @@ class Batcher(Generic[P, R]):
         self._queue: deque[_Waiting[P, R]] = deque()
         self._busy = 0
         self._running: set[asyncio.Task[None]] = set()
-        # How many calls went out at each size (1 = alone).
+        # How many calls went out at each size (1 = alone), and who else wants to know.
         self.sizes: Counter[int] = Counter()
+        self.on_send: Callable[[int], None] | None = None
 
     async def run(self, item: P) -> R:
         answer: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -76,6 +77,8 @@ class Batcher(Generic[P, R]):
                 continue
             self._busy += 1
             self.sizes[len(batch)] += 1
+            if self.on_send is not None:
+                self.on_send(len(batch))
             task = asyncio.create_task(self._send(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)

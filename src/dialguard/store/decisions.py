@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -153,6 +153,11 @@ class DecisionStore:
     def batch_sizes(self) -> Counter[int]:
         """How many round trips carried each number of recorded decisions."""
         return self._batcher.sizes if self._batcher is not None else Counter()
+
+    def observe_batches(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(size)`` for every round trip of recorded decisions."""
+        if self._batcher is not None:
+            self._batcher.on_send = callback
 
     async def decide(self, params: DecideParams) -> DecideResult:
         if params.record and self._batcher is not None:
