@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -16,7 +17,7 @@ from dialguard.store.blacklist import BlacklistStore
 from dialguard.store.callerids import CallerIdStore
 from dialguard.store.campaigns import CampaignStore
 from dialguard.store.connection import create_pool
-from dialguard.store.decisions import DecideParams, DecisionStore
+from dialguard.store.decisions import DecideParams, DecisionStore, OutcomeRecorded
 from tests.support import NOON_NY, BuiltinProfiles
 
 
@@ -208,3 +209,49 @@ async def test_batches_sharing_destinations_and_caller_ids_never_deadlock(db_dsn
     allowed = sorted(d.destination for d in decided if d.rule is None)
     assert allowed == sorted({r.destination for r in requests})
     assert {d.rule for d in decided} == {None, Rule.DESTINATION_INTERVAL}
+
+
+async def test_outcomes_in_a_batch_are_recorded_and_judged_one_after_another(
+    pool: asyncpg.Pool,
+) -> None:
+    await CallerIdStore(pool).add("+12125550100", None)
+    one_by_one = decider_on(pool, 0, BuiltinProfiles())
+    ids = []
+    for n in range(5):
+        decided = await one_by_one.decide(
+            DecisionRequest(caller_id="+12125550100", destination=f"+1212264{n:04d}", at=NOON_NY)
+        )
+        assert decided.rule is None and decided.decision_id
+        ids.append(decided.decision_id)
+
+    # Three carrier rejections in a window of three rest the caller ID: the third does it.
+    store = DecisionStore(pool, carrier_block_window=3, carrier_block_share=0.5, batches=1)
+    end = NOON_NY + timedelta(minutes=1)
+
+    def rejected(decision_id: int) -> Awaitable[OutcomeRecorded]:
+        return store.record_outcome(
+            decision_id,
+            outcome="carrier_rejected",
+            answered_seconds=None,
+            cause=21,
+            sip_code=603,
+            at=end,
+        )
+
+    first = asyncio.create_task(rejected(ids[0]))
+    await asyncio.sleep(0)
+    rest = await asyncio.gather(
+        rejected(ids[1]),
+        rejected(ids[1]),  # the same call again: the first outcome recorded wins
+        rejected(987654321),  # no such decision
+        rejected(ids[2]),
+        rejected(ids[3]),
+    )
+    assert (await first).recorded
+    assert [r.recorded for r in rest] == [True, False, False, True, True]
+    assert [r.rested for r in rest] == [False, False, False, True, False]
+    assert rest[0].caller_id == "+12125550100"
+    assert (await CallerIdStore(pool).get("+12125550100") or {})["state"] == "rested"
+    async with pool.acquire() as conn:
+        ended = await conn.fetchval("SELECT count(*) FROM decisions WHERE outcome_at IS NOT NULL")
+    assert ended == 4

@@ -20,6 +20,7 @@ from dialguard.store.queries import q
 _DECIDE = q("decide")
 _DECIDE_BATCH = q("decide_batch")
 _OUTCOME = q("record_outcome_judged")
+_OUTCOMES = q("record_outcomes_judged")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,16 @@ class DecideResult:
 
 
 @dataclass(frozen=True, slots=True)
+class _Outcome:
+    decision_id: int
+    outcome: str
+    answered_seconds: int | None
+    cause: int | None
+    sip_code: int | None
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class OutcomeRecorded:
     recorded: bool
     caller_id: str | None
@@ -130,8 +141,8 @@ class DecisionStore:
 
     Outcomes are judged for the carrier-block signal with ``carrier_block_window`` and
     ``carrier_block_share`` (the ``[feedback]`` settings). Recorded decisions that arrive
-    together are sent in batches, at most ``batches`` at once (``0``: each on its own); see
-    :mod:`dialguard.store.batching`.
+    together are sent in batches, at most ``batches`` at once (``0``: each on its own), and so
+    are outcomes; see :mod:`dialguard.store.batching`.
     """
 
     def __init__(
@@ -147,6 +158,9 @@ class DecisionStore:
         self._block = (carrier_block_window, Decimal(repr(carrier_block_share)))
         self._batcher = (
             Batcher(self._decide_one, self._decide_many, slots=batches) if batches > 0 else None
+        )
+        self._outcomes = (
+            Batcher(self._record_one, self._record_many, slots=batches) if batches > 0 else None
         )
 
     @property
@@ -184,13 +198,42 @@ class DecisionStore:
         sip_code: int | None,
         at: datetime,
     ) -> OutcomeRecorded:
+        item = _Outcome(decision_id, outcome, answered_seconds, cause, sip_code, at)
+        if self._outcomes is not None:
+            return await self._outcomes.run(item)
+        return await self._record_one(item)
+
+    async def _record_one(self, o: _Outcome) -> OutcomeRecorded:
         async with connection(self._pool) as conn:
             row = await conn.fetchrow(
-                _OUTCOME, decision_id, outcome, answered_seconds, cause, sip_code, at, *self._block
+                _OUTCOME,
+                o.decision_id,
+                o.outcome,
+                o.answered_seconds,
+                o.cause,
+                o.sip_code,
+                o.at,
+                *self._block,
             )
         if row is None:
             return OutcomeRecorded(False, None, None)
         return OutcomeRecorded(True, row["caller_id"], row["campaign"], row["rested"])
+
+    async def _record_many(self, batch: Sequence[_Outcome]) -> list[OutcomeRecorded]:
+        async with connection(self._pool) as conn:
+            rows = await conn.fetch(
+                _OUTCOMES,
+                [o.decision_id for o in batch],
+                [o.outcome for o in batch],
+                [o.answered_seconds for o in batch],
+                [o.cause for o in batch],
+                [o.sip_code for o in batch],
+                [o.at for o in batch],
+                *self._block,
+            )
+        return [
+            OutcomeRecorded(r["recorded"], r["caller_id"], r["campaign"], r["rested"]) for r in rows
+        ]
 
     async def get(self, decision_id: int) -> dict[str, Any] | None:
         async with connection(self._pool) as conn:

@@ -147,6 +147,11 @@ SELECT * FROM decisions WHERE channel_id = $1 ORDER BY id DESC LIMIT 1
 -- name: record_outcome_judged
 SELECT recorded, caller_id, campaign, rested FROM dg_record_outcome($1, $2, $3, $4, $5, $6, $7, $8)
 
+-- name: record_outcomes_judged
+-- Outcomes in arrival order, answered in the same order (recorded false: not recorded).
+SELECT recorded, caller_id, campaign, rested
+  FROM dg_record_outcomes($1, $2, $3, $4, $5, $6, $7, $8)
+
 -- name: record_complaints
 SELECT ord, complaint_id, duplicate, caller_id, campaign, blacklisted, callerid_rested,
        campaign_paused
