@@ -223,3 +223,23 @@ def _without(raw: dict[str, Any], *path: str) -> dict[str, Any]:
 def test_malformed_events_raise_a_named_error(raw: Any) -> None:
     with pytest.raises(MalformedEvent):
         parse_event(raw)
+
+
+@pytest.mark.parametrize(
+    ("channel", "named"),
+    [
+        pytest.param({**CHANNEL, "id": 19}, "channel.id", id="id-not-a-string"),
+        pytest.param({**CHANNEL, "creationtime": "soon"}, "channel.creationtime", id="bad-time"),
+        pytest.param(
+            {**CHANNEL, "dialplan": {**CHANNEL["dialplan"], "priority": True}},
+            "channel.dialplan.priority",
+            id="priority-bool",
+        ),
+        pytest.param(
+            {**CHANNEL, "channelvars": {"CAMPAIGN": 1}}, "channelvars", id="channelvar-not-a-string"
+        ),
+    ],
+)
+def test_a_malformed_snapshot_is_named_in_the_error(channel: Any, named: str) -> None:
+    with pytest.raises(MalformedEvent, match=named):
+        parse_event({**STASIS_START, "channel": channel})
