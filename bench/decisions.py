@@ -258,34 +258,52 @@ PARAM_TYPES = [
 ]  # fmt: skip
 
 
-def pgbench_script(params: DecideParams, campaign_version: int) -> str:
-    """The decision SQL with the decider's own constant parameters and the same random mix."""
-    args = [sql_literal(v, t) for v, t in zip(params.args(), PARAM_TYPES, strict=True)]
-    args[0] = "now()"
-    args[1] = "'+' || :cid"
-    args[2] = "'+' || :dest"
-    args[3] = "'c' || :camp"
-    args[4] = str(campaign_version)
-    args[6] = "'pgbench'"
+def pgbench_script(params: DecideParams, campaign_version: int, batch: int = 1) -> str:
+    """The decision SQL with the decider's own constant parameters and the same random mix.
+
+    With ``batch`` > 1, each transaction is one ``dg_decide_batch`` of that many decisions,
+    each drawn as a single one is.
+    """
+    lines: list[str] = []
+    calls: list[list[str]] = []
     fresh_first = 12010000000 + 2_000_000
-    return "\n".join(
-        [
-            f"\\set c random(0, {CALLER_COUNT - 1})",
-            f"\\set cid {CALLER_BASE} + :c",
-            f"\\set camp :c / {CALLERS_PER_CAMPAIGN}",
-            "\\set r random(1, 100)",
-            f"\\if :r <= {MIX_BLACKLISTED}",
-            f"\\set dest {BLACKLIST_BASE} + random(0, {BLACKLIST_COUNT - 1})",
-            f"\\elif :r <= {MIX_BLACKLISTED + MIX_HISTORY}",
-            f"\\set dest {HISTORY_BASE} + random(0, {HISTORY_COUNT - 1})",
+    for n in range(batch):
+        v = "" if batch == 1 else str(n)
+        args = [sql_literal(x, t) for x, t in zip(params.args(), PARAM_TYPES, strict=True)]
+        args[0] = "now()"
+        args[1] = f"'+' || :cid{v}"
+        args[2] = f"'+' || :dest{v}"
+        args[3] = f"'c' || :camp{v}"
+        args[4] = str(campaign_version)
+        args[6] = "'pgbench'"
+        calls.append(args)
+        lines += [
+            f"\\set c{v} random(0, {CALLER_COUNT - 1})",
+            f"\\set cid{v} {CALLER_BASE} + :c{v}",
+            f"\\set camp{v} :c{v} / {CALLERS_PER_CAMPAIGN}",
+            f"\\set r{v} random(1, 100)",
+            f"\\if :r{v} <= {MIX_BLACKLISTED}",
+            f"\\set dest{v} {BLACKLIST_BASE} + random(0, {BLACKLIST_COUNT - 1})",
+            f"\\elif :r{v} <= {MIX_BLACKLISTED + MIX_HISTORY}",
+            f"\\set dest{v} {HISTORY_BASE} + random(0, {HISTORY_COUNT - 1})",
             "\\else",
-            f"\\set f random(0, {FRESH_AREAS * FRESH_SPAN - 1})",
-            f"\\set dest {fresh_first} + (:f / {FRESH_SPAN}) * 10000000 + :f % {FRESH_SPAN}",
+            f"\\set f{v} random(0, {FRESH_AREAS * FRESH_SPAN - 1})",
+            f"\\set dest{v} {fresh_first} + (:f{v} / {FRESH_SPAN}) * 10000000"
+            f" + :f{v} % {FRESH_SPAN}",
             "\\endif",
-            "SELECT * FROM dg_decide(" + ", ".join(args) + ");",
-            "",
         ]
-    )
+    if batch == 1:
+        lines.append("SELECT * FROM dg_decide(" + ", ".join(calls[0]) + ");")
+    else:
+        # A dg_decide_item is dg_decide's parameters without "record", the facts as text.
+        items = [
+            "ROW("
+            + ", ".join(a.replace("::jsonb", "::text") for i, a in enumerate(args) if i != 5)
+            + ")::dg_decide_item"
+            for args in calls
+        ]
+        lines.append("SELECT * FROM dg_decide_batch(ARRAY[" + ", ".join(items) + "]);")
+    return "\n".join([*lines, ""])
 
 
 def read_pgbench_logs(folder: Path) -> list[float]:
@@ -301,8 +319,15 @@ def read_pgbench_logs(folder: Path) -> list[float]:
 
 
 async def run_pgbench(
-    admin_url: str, dsn: str, script: str, clients: int, seconds: float, sync: str
+    admin_url: str,
+    dsn: str,
+    script: str,
+    clients: int,
+    seconds: float,
+    sync: str,
+    batch: int = 1,
 ) -> Measurement:
+    """pgbench of ``script``; a transaction of it is ``batch`` decisions."""
     target = LibpqTarget.from_url(admin_url)
     async with admin_connection(dsn) as conn:
         first: int = await conn.fetchval("SELECT coalesce(max(id), 0) FROM decisions")
@@ -357,11 +382,11 @@ async def run_pgbench(
     return Measurement(
         driver="pgbench",
         synchronous_commit=sync,
-        batches="-",
+        batches="-" if batch == 1 else f"x{batch}",
         clients=clients,
         seconds=seconds,
-        decisions=len(ms),
-        per_second=round(tps, 1),
+        decisions=len(ms) * batch,
+        per_second=round(tps * batch, 1),
         p50_ms=round(percentile(ms, 0.50), 3),
         p99_ms=round(percentile(ms, 0.99), 3),
         max_ms=round(ms[-1], 3) if ms else float("nan"),
@@ -418,6 +443,19 @@ async def bench(args: argparse.Namespace, admin_url: str) -> list[Measurement]:
                 ceiling = await run_pgbench(admin_url, dsn, script, clients, args.seconds, sync)
                 report(ceiling)
                 results.append(ceiling)
+                # The batch SQL's own ceiling, at the batch size the decider reached.
+                sizes = {
+                    round(m.per_round_trip)
+                    for m in results
+                    if m.driver == "decider" and m.clients == clients and m.per_round_trip
+                }
+                for size in sorted(n for n in sizes if n > 1):
+                    script = pgbench_script(params, int(version), size)
+                    batched = await run_pgbench(
+                        admin_url, dsn, script, clients, args.seconds, sync, size
+                    )
+                    report(batched)
+                    results.append(batched)
         finally:
             async with admin_connection(admin_url) as admin:
                 await admin.execute(f"ALTER DATABASE {BENCH_DB} RESET synchronous_commit")
@@ -441,21 +479,36 @@ def report(m: Measurement) -> None:
 
 def table(results: list[Measurement]) -> str:
     lines = [
-        "| sync commit | batches | clients | decider /s | p50 ms | p99 ms | max ms "
-        "| pgbench /s | pgbench p99 ms | decider / pgbench |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| sync commit | batches | clients | decider /s | per round trip | p50 ms | p99 ms "
+        "| max ms | pgbench /s | pgbench p99 ms | decider / pgbench | pgbench of its batches /s "
+        "| decider / that |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    ceilings = {(m.synchronous_commit, m.clients): m for m in results if m.driver == "pgbench"}
+    ceilings = {
+        (m.synchronous_commit, m.clients): m
+        for m in results
+        if m.driver == "pgbench" and m.batches == "-"
+    }
+    batch_ceilings = {
+        (m.synchronous_commit, m.clients, m.batches): m
+        for m in results
+        if m.driver == "pgbench" and m.batches != "-"
+    }
     for m in results:
         if m.driver != "decider":
             continue
         ceiling = ceilings.get((m.synchronous_commit, m.clients))
         ratio = f"{100 * m.per_second / ceiling.per_second:.0f} %" if ceiling else "-"
+        size = round(m.per_round_trip) if m.per_round_trip else 1
+        batched = batch_ceilings.get((m.synchronous_commit, m.clients, f"x{size}"))
+        batched_cell = f"{batched.per_second:,.0f} (x{size})" if batched else "-"
+        batched_ratio = f"{100 * m.per_second / batched.per_second:.0f} %" if batched else "-"
         lines.append(
             f"| {m.synchronous_commit} | {m.batches} | {m.clients} | {m.per_second:,.0f} "
-            f"| {m.p50_ms:.2f} | {m.p99_ms:.2f} "
+            f"| {m.per_round_trip or 1} | {m.p50_ms:.2f} | {m.p99_ms:.2f} "
             f"| {m.max_ms:.1f} | {ceiling.per_second if ceiling else 0:,.0f} "
-            f"| {ceiling.p99_ms if ceiling else 0:.2f} | {ratio} |"
+            f"| {ceiling.p99_ms if ceiling else 0:.2f} | {ratio} | {batched_cell} "
+            f"| {batched_ratio} |"
         )
     return "\n".join(lines)
 
