@@ -81,32 +81,13 @@ class DecideParams:
         )
 
     def batch_item(self) -> tuple[Any, ...]:
-        """A recorded decision as a ``dg_decide_item`` (facts as JSON text)."""
-        return (
-            self.at,
-            self.caller_id,
-            self.destination,
-            self.campaign,
-            self.campaign_version,
-            self.source,
-            self.channel_id,
-            self.pre_rule,
-            None if self.pre_facts is None else json.dumps(self.pre_facts),
-            None if self.hours_facts is None else json.dumps(self.hours_facts),
-            self.require_registered,
-            self.cooldown_s,
-            self.conversation_min_s,
-            self.interval_s,
-            self.dest_cap_limits,
-            self.dest_cap_windows,
-            self.rotation_limit,
-            self.rotation_window_s,
-            self.campaign_rotation_limit,
-            self.cid_cap_limits,
-            self.cid_cap_windows,
-            self.cid_max_concurrent,
-            self.max_call_s,
-        )
+        """A recorded decision as a ``dg_decide_item``: the arguments of ``dg_decide`` without
+        ``record``, with the facts as JSON text."""
+        item = list(self.args())
+        del item[5]  # record
+        for i in (8, 9):  # pre_facts, hours_facts
+            item[i] = None if item[i] is None else json.dumps(item[i])
+        return tuple(item)
 
 
 @dataclass(frozen=True, slots=True)
