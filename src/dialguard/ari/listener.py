@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,6 +35,29 @@ from dialguard.ari.errors import MalformedEvent
 from dialguard.ari.events import Event, parse_event
 
 log = logging.getLogger(__name__)
+
+_TYPE_VALUE = re.compile(r'\s*:\s*"([A-Za-z]+)"')
+
+
+def top_level_type(text: str) -> str | None:
+    """An event's "type", read off its JSON text without decoding it; None when unsure.
+
+    Most of what subscribeAll brings (ChannelVarset, ChannelDialplan, ...) is of no interest,
+    and decoding it would be most of the listener's work. The first `"type"` in
+    the text is the event's own type key when no object opens before it (so it is not nested)
+    and no backslash precedes it (so it does not sit inside a string), in a text that is an
+    object; a quoted word followed by a colon is a key. Anything else answers None, and the
+    event is decoded to be sure.
+    """
+    key = text.find('"type"')
+    if key <= 0 or text[key - 1] == "\\":
+        return None
+    opening = text.find("{")
+    if opening < 0 or text[:opening].strip() or text.find("{", opening + 1, key) >= 0:
+        return None
+    value = _TYPE_VALUE.match(text, key + 6)
+    return value.group(1) if value is not None else None
+
 
 OnEvent = Callable[[Event], None]
 OnConnect = Callable[[], Awaitable[None]]
@@ -209,12 +233,16 @@ class EventListener:
                 return
 
     def _handle_text(self, text: str) -> None:
+        log.debug("ARI event: %s", text)
+        if self._types is not None:
+            known = top_level_type(text)
+            if known is not None and known not in self._types:
+                return
         try:
             raw: Any = orjson.loads(text)
         except orjson.JSONDecodeError:
             log.warning("ARI events: skipped a message that is not JSON (%d bytes)", len(text))
             return
-        log.debug("ARI event: %s", text)
         if self._types is not None and isinstance(raw, dict) and raw.get("type") not in self._types:
             return
         try:
