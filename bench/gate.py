@@ -73,7 +73,31 @@ class CpuMeter:
         if self._postmaster is not None:
             family = [self._postmaster, *self._postmaster.children(recursive=True)]
             seconds["postgres"] = sum(_cpu(p) for p in family)
+        machine = psutil.cpu_times()
+        # The whole machine, to tell how much went to anything else (or to the hypervisor).
+        seconds["machine_busy"] = float(sum(machine) - machine.idle - machine.iowait)
+        seconds["machine_all"] = float(sum(machine))
+        seconds["machine_steal"] = float(getattr(machine, "steal", 0.0))
         return seconds
+
+
+def cpu_figures(before: dict[str, float], after: dict[str, float], calls: int) -> dict[str, Any]:
+    """CPU per offered call in ms for each party (the settling wait included), and the share
+    of the machine's cores that was busy, that went to other processes, and that was stolen."""
+    if not before:
+        return {}
+    spent = {name: after[name] - before[name] for name in after}
+    parties = ("bench", "dialguard", "postgres")
+    ours = sum(spent.get(name, 0.0) for name in parties)
+    total = max(spent["machine_all"], 1e-9)
+    return {
+        "cpu_ms_per_call": {
+            name: round(spent[name] * 1000 / max(calls, 1), 2) for name in parties if name in spent
+        },
+        "machine_busy_pct": round(100 * spent["machine_busy"] / total, 1),
+        "others_busy_pct": round(100 * max(spent["machine_busy"] - ours, 0.0) / total, 1),
+        "steal_pct": round(100 * spent["machine_steal"] / total, 1),
+    }
 
 
 def _cpu(process: psutil.Process) -> float:
@@ -151,11 +175,7 @@ async def run_rate(
         "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 2) if latencies else None,
         "max_ms": round(latencies[-1], 2) if latencies else None,
         "generator_late": late,
-        # CPU per offered call, in ms, for each party (the settling wait included).
-        "cpu_ms_per_call": {
-            name: round((cpu_after[name] - cpu_before[name]) * 1000 / max(count, 1), 2)
-            for name in cpu_after
-        },
+        **cpu_figures(cpu_before, cpu_after, count),
     }
 
 
