@@ -135,11 +135,39 @@ async def wait_ready(url: str, proc: asyncio.subprocess.Process) -> None:
             await asyncio.sleep(0.1)
 
 
+async def decision_buckets(metrics_url: str) -> dict[float, float]:
+    """dialguard's own decision-time histogram (cumulative counts by upper bound, seconds)."""
+    buckets: dict[float, float] = {}
+    async with aiohttp.ClientSession() as session, session.get(metrics_url) as resp:
+        text = await resp.text()
+    for line in text.splitlines():
+        if line.startswith('dialguard_decision_seconds_bucket{le="'):
+            bound, _, count = line[len('dialguard_decision_seconds_bucket{le="') :].partition('"}')
+            buckets[float(bound)] = float(count)
+    return buckets
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The upper bound of the bucket holding quantile q of the decisions made in between."""
+    bounds = sorted(after)
+    total = after[bounds[-1]] - before.get(bounds[-1], 0.0)
+    for bound in bounds:
+        if after[bound] - before.get(bound, 0.0) >= q * total:
+            return bound
+    return bounds[-1]
+
+
 async def run_rate(
-    fake: TimedFake, rate: float, seconds: float, offset: int, cpu: CpuMeter | None = None
+    fake: TimedFake,
+    rate: float,
+    seconds: float,
+    offset: int,
+    cpu: CpuMeter | None = None,
+    metrics_url: str | None = None,
 ) -> dict[str, Any]:
     count = int(rate * seconds)
     cpu_before = cpu.sample() if cpu is not None else {}
+    decisions_before = await decision_buckets(metrics_url) if metrics_url else {}
     sent: dict[str, float] = {}
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -159,13 +187,14 @@ async def run_rate(
     with contextlib.suppress(TimeoutError):
         await fake.wait_for(lambda: all(c in fake.answered_at for c in sent), timeout=10.0)
     cpu_after = cpu.sample() if cpu is not None else {}
+    decisions_after = await decision_buckets(metrics_url) if metrics_url else {}
     latencies = sorted(
         (fake.answered_at[c] - t0) * 1000 for c, t0 in sent.items() if c in fake.answered_at
     )
     answered = len(latencies)
     last = max((fake.answered_at[c] for c in sent if c in fake.answered_at), default=0.0)
     first = min(sent.values())
-    return {
+    result: dict[str, Any] = {
         "offered_per_s": rate,
         "calls": count,
         "answered": answered,
@@ -177,6 +206,15 @@ async def run_rate(
         "generator_late": late,
         **cpu_figures(cpu_before, cpu_after, count),
     }
+    if decisions_after:
+        # How much of the latency is the decision itself (histogram buckets: an upper bound).
+        result["decision_p50_ms_at_most"] = (
+            bucket_quantile(decisions_before, decisions_after, 0.5) * 1000
+        )
+        result["decision_p99_ms_at_most"] = (
+            bucket_quantile(decisions_before, decisions_after, 0.99) * 1000
+        )
+    return result
 
 
 async def main() -> None:
@@ -197,6 +235,12 @@ async def main() -> None:
         help="lean: the fake skips checking requests against the ARI definitions and keeps no"
         " records, so that less of the box's CPU goes to what stands in for a C Asterisk",
     )
+    parser.add_argument(
+        "--all-events",
+        action="store_true",
+        help="the fake sends every event Asterisk sends (ChannelVarset, ChannelDialplan, ...),"
+        " not only those dialguard acts on: what dialguard hears from a real Asterisk",
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="dialguard-bench-gate-"))
@@ -215,12 +259,12 @@ async def main() -> None:
     async with TimedFake(
         stasis_args=("${CAMPAIGN}",),
         keep_dial_cause=True,
-        verbose_events=False,
+        verbose_events=args.all_events,
         default_outcome=Outcome.answered(0.5),
         validate_requests=args.fake == "validating",
         keep_records=args.fake == "validating",
     ) as fake:
-        api = free_port()
+        api, metrics = free_port(), free_port()
         env = {
             **os.environ,
             "DIALGUARD_DATABASE_URL": dsn,
@@ -228,7 +272,7 @@ async def main() -> None:
             "DIALGUARD_ARI_URL": fake.base_url,
             "DIALGUARD_ARI_PASSWORD": "dialguard",
             "DIALGUARD_API_LISTEN": f"127.0.0.1:{api}",
-            "DIALGUARD_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+            "DIALGUARD_METRICS_LISTEN": f"127.0.0.1:{metrics}",
             # Fresh destinations from 200 caller IDs: the checks all run, few deny.
             "DIALGUARD_PROFILES_DEFAULT_CALLING_HOURS": "00:00-24:00",
             "DIALGUARD_PROFILES_DEFAULT_CALLERID_CAPS": "off",
@@ -247,7 +291,9 @@ async def main() -> None:
             cpu = CpuMeter(proc.pid, pg_pid)
             offset = 100
             for rate in args.rates:
-                result = await run_rate(fake, rate, args.seconds, offset, cpu)
+                result = await run_rate(
+                    fake, rate, args.seconds, offset, cpu, f"http://127.0.0.1:{metrics}/metrics"
+                )
                 offset += result["calls"]
                 print(json.dumps(result), flush=True)
                 results.append(result)
