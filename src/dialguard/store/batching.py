@@ -61,10 +61,24 @@ class Batcher(Generic[P, R]):
         self.on_send: Callable[[int], None] | None = None
 
     async def run(self, item: P) -> R:
+        if self._busy < self._slots and not self._queue:
+            # A free slot and nobody waiting: go alone, from the caller's own task.
+            self._busy += 1
+            self._sent(1)
+            try:
+                return await self._one(item)
+            finally:
+                self._busy -= 1
+                self._dispatch()
         answer: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append(_Waiting(item, answer))
         self._dispatch()
         return await answer
+
+    def _sent(self, size: int) -> None:
+        self.sizes[size] += 1
+        if self.on_send is not None:
+            self.on_send(size)
 
     def _dispatch(self) -> None:
         while self._queue and self._busy < self._slots:
@@ -76,9 +90,7 @@ class Batcher(Generic[P, R]):
             if not batch:
                 continue
             self._busy += 1
-            self.sizes[len(batch)] += 1
-            if self.on_send is not None:
-                self.on_send(len(batch))
+            self._sent(len(batch))
             task = asyncio.create_task(self._send(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
