@@ -75,9 +75,13 @@ class CpuMeter:
             seconds["postgres"] = sum(_cpu(p) for p in family)
         machine = psutil.cpu_times()
         # The whole machine, to tell how much went to anything else (or to the hypervisor).
-        seconds["machine_busy"] = float(sum(machine) - machine.idle - machine.iowait)
-        seconds["machine_all"] = float(sum(machine))
-        seconds["machine_steal"] = float(getattr(machine, "steal", 0.0))
+        # Linux counts guest time inside user time, and steal is time the VM did not run.
+        steal = float(getattr(machine, "steal", 0.0))
+        guest = float(getattr(machine, "guest", 0.0) + getattr(machine, "guest_nice", 0.0))
+        every = float(sum(machine)) - guest
+        seconds["machine_all"] = every
+        seconds["machine_busy"] = every - machine.idle - machine.iowait - steal
+        seconds["machine_steal"] = steal
         return seconds
 
 
