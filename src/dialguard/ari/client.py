@@ -148,6 +148,8 @@ class AriClient:
         return body
 
     def _serialise(self, method: str, path: str, params: Params | None, json: Any) -> bytes:
+        if method not in _METHODS:
+            raise ValueError(f"not an ARI method: {method!r}")
         target = self._prefix + _quote_path(path)
         query = _encode_query(params)
         if query:
@@ -289,6 +291,9 @@ def _seg(value: str) -> str:
     """Quote one path segment so an id can never add path elements."""
     return quote(value, safe="")
 
+
+# What ARI's REST resources answer to.
+_METHODS = frozenset({"GET", "POST", "PUT", "DELETE"})
 
 # Characters a path may carry as they are (RFC 3986 pchar and "/"), "%" for what is already
 # quoted. Anything else (spaces, CR, LF, "?", "#") is quoted so it cannot change the request.
