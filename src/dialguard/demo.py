@@ -44,7 +44,7 @@ REJECTED = "2125550997"  # the carrier starts refusing this caller ID's calls
 # At any instant at least one of these zones is outside 08:00-21:00 local time.
 NIGHT_OWLS = [
     "011442079460123",  # London
-    "011813123456{}",  # Tokyo
+    "0118131234567{}",  # Tokyo
     "011649303123{}",  # Auckland
     "213264{:04d}",  # Los Angeles
     "808555{:04d}",  # Honolulu
