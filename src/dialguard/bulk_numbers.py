@@ -7,7 +7,10 @@ map keyed by prefixes. For each (country code, national length, first three nati
 expressions are read once to find how many leading digits they constrain; every number sharing
 those digits and that length gets the same answer, computed exactly for the first of them.
 
-Only input already in E.164 (``+`` and digits) takes the fast path, and only for blocks where the
+Only input already in E.164 (``+`` and digits) takes the fast path, and, where the region is in
+the North American plan, a national number of ten digits (what a dialplan's ``${EXTEN}`` holds):
+read in any such region it is +1 and those digits, exactly as phonenumbers reads it. And only for
+blocks where the
 first number came back unchanged (no national prefix stripped, no leading zeros at stake). Any
 other input, and any pattern this reader does not understand, goes through ``numbers.py`` one
 number at a time, so the answers never differ.
@@ -21,7 +24,7 @@ from collections.abc import Iterator
 from functools import cache, lru_cache
 from typing import Any
 
-from phonenumbers import PhoneMetadata
+from phonenumbers import PhoneMetadata, country_code_for_region
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE
 from phonenumbers.tzdata import TIMEZONE_DATA
 
@@ -66,6 +69,7 @@ class BulkNumbers:
     def __init__(self, region: str, fallback_zone: str) -> None:
         self._region = region
         self._fallback = fallback_zone
+        self._nanp = country_code_for_region(region) == 1
         # (digits, first 6 digits) -> how many leading digits decide, or None: parse each number.
         self._plans: dict[tuple[int, str], int | None] = {}
         # (digits, deciding digits) -> the block's verdict, or None: parse each number.
@@ -73,6 +77,8 @@ class BulkNumbers:
 
     def classify(self, raw: str) -> Verdict:
         text = raw if raw[:1] == "+" else raw.strip()
+        if self._nanp and _is_nanp_national(text):
+            text = "+1" + text
         digits = text[1:]
         size = len(digits)
         if text[:1] == "+" and 2 <= size <= 17 and digits.isdigit() and digits.isascii():
@@ -89,6 +95,11 @@ class BulkNumbers:
                 if verdict is not None:
                     return verdict if verdict[0] is None else (text, verdict[1])
         return self._exact(raw)
+
+    def takes_fast_path(self, raw: str) -> bool:
+        """Whether :meth:`classify` may answer ``raw`` by its block (E.164, or a national number
+        of the North American plan read in one of its regions); other input is parsed alone."""
+        return raw[:1] == "+" or (self._nanp and _is_nanp_national(raw))
 
     def _learn(self, text: str, digits: str, plan: int) -> Verdict | None:
         """The block's verdict from its first number, or None when the block must be parsed."""
@@ -109,6 +120,11 @@ class BulkNumbers:
         if e164 is None:
             return (None, ())
         return (e164, time_zones(e164, self._fallback))
+
+
+def _is_nanp_national(text: str) -> bool:
+    """Ten digits starting with an area code (which never starts with 0 or 1)."""
+    return len(text) == 10 and text.isdigit() and text.isascii() and text[0] not in "01"
 
 
 _UNSEEN = -1

@@ -81,15 +81,17 @@ class Decider:
         self._cache: dict[str, tuple[int, Profile]] = {}
         # E.164 input is classified once per number block (exactly what numbers.py answers), so
         # a decision does not pay a full phonenumbers parse of the destination and caller ID.
-        self._classify = BulkNumbers(numbers.default_region, numbers.fallback_timezone).classify
+        self._bulk = BulkNumbers(numbers.default_region, numbers.fallback_timezone)
+        self._classify = self._bulk.classify
 
     async def decide(self, request: DecisionRequest) -> Decision:
         started = time.perf_counter()
         campaign = request.campaign or DEFAULT_CAMPAIGN
         at = request.at or self._clock()
         numbers = self._numbers
-        if request.destination[:1] == "+":
-            destination, zones = self._classify(request.destination)
+        raw_destination = request.destination
+        if self._bulk.takes_fast_path(raw_destination):
+            destination, zones = self._classify(raw_destination)
         else:
             found = parse_destination(
                 request.destination, numbers.default_region, numbers.fallback_timezone
