@@ -27,8 +27,9 @@ class BuiltinProfiles:
 
 
 def make_decider(pool: asyncpg.Pool, profiles: BuiltinProfiles | None = None, **kw: Any) -> Decider:
+    """A decider on ``pool``; ``decisions`` replaces its DecisionStore (batches, say)."""
     return Decider(
-        decisions=DecisionStore(pool),
+        decisions=kw.pop("decisions", None) or DecisionStore(pool),
         campaigns=CampaignStore(pool),
         profiles=profiles or BuiltinProfiles(),
         numbers=NumberPolicy("US", "America/New_York"),

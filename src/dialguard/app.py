@@ -21,7 +21,7 @@ from dialguard.store.blacklist import BlacklistStore
 from dialguard.store.callerids import CallerIdStore
 from dialguard.store.campaigns import CampaignStore
 from dialguard.store.connection import create_pool
-from dialguard.store.decisions import DecisionStore
+from dialguard.store.decisions import DEFAULT_BATCHES, DecisionStore
 from dialguard.store.embedded import EmbeddedPostgres
 from dialguard.store.migrate import migrate
 
@@ -64,7 +64,7 @@ class Stores:
         pool: asyncpg.Pool,
         feedback: FeedbackPolicy | None = None,
         *,
-        decision_batches: int = 0,
+        decision_batches: int = DEFAULT_BATCHES,
     ) -> Stores:
         policy = feedback or FeedbackPolicy()
         return cls(

@@ -10,26 +10,21 @@ from datetime import datetime, timedelta
 import asyncpg
 import pytest
 
-from dialguard.decider import Decider, NumberPolicy
+from dialguard.decider import Decider
 from dialguard.policy.codes import Rule
 from dialguard.policy.model import DecisionRequest
 from dialguard.store.blacklist import BlacklistStore
 from dialguard.store.callerids import CallerIdStore
-from dialguard.store.campaigns import CampaignStore
 from dialguard.store.connection import create_pool
 from dialguard.store.decisions import DecideParams, DecisionStore, OutcomeRecorded
-from tests.support import NOON_NY, BuiltinProfiles
+from tests.support import NOON_NY, BuiltinProfiles, make_decider
 
 
 def decider_on(
     pool: asyncpg.Pool, batches: int, profiles: BuiltinProfiles, store: DecisionStore | None = None
 ) -> Decider:
-    return Decider(
-        decisions=store or DecisionStore(pool, batches=batches),
-        campaigns=CampaignStore(pool),
-        profiles=profiles,
-        numbers=NumberPolicy("US", "America/New_York"),
-        deadline=10.0,
+    return make_decider(
+        pool, profiles, decisions=store or DecisionStore(pool, batches=batches), deadline=10.0
     )
 
 

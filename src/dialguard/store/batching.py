@@ -103,9 +103,7 @@ class Batcher(Generic[P, R]):
                 try:
                     answers = await self._many([w.item for w in batch])
                 except asyncpg.PostgresError as exc:
-                    log.warning(
-                        "a batch of %d decisions failed (%s); deciding each alone", len(batch), exc
-                    )
+                    log.warning("a batch of %d failed (%s); sending each alone", len(batch), exc)
                     for waiting in batch:
                         await self._answer_alone(waiting)
                 except Exception as exc:

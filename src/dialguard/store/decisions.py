@@ -17,6 +17,9 @@ from dialguard.store.batching import Batcher
 from dialguard.store.connection import connection
 from dialguard.store.queries import q
 
+# Batches of recorded decisions in flight at once (the ``database.decision_batches`` default).
+DEFAULT_BATCHES = 4
+
 _DECIDE = q("decide")
 _DECIDE_BATCH = q("decide_batch")
 _OUTCOME = q("record_outcome_judged")
@@ -132,7 +135,7 @@ class DecisionStore:
         *,
         carrier_block_window: int = 50,
         carrier_block_share: float = 0.5,
-        batches: int = 4,
+        batches: int = DEFAULT_BATCHES,
     ) -> None:
         self._pool = pool
         # The share as written (0.3, not the binary float next to it): compared as numeric.
