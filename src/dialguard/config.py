@@ -123,7 +123,7 @@ _SCHEMA: dict[tuple[str, str], tuple[Any, str]] = {
     ("database", "url"): (None, "str?"),
     ("database", "data_dir"): (None, "path?"),
     ("database", "pool_size"): (20, "int"),
-    ("database", "decision_batches"): (4, "int"),
+    ("database", "decision_batches"): (2, "int"),
     ("database", "retention"): ("400d", "retention"),
     ("ari", "url"): ("http://127.0.0.1:8088/ari", "url"),
     ("ari", "username"): ("dialguard", "str"),

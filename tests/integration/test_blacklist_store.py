@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -230,3 +231,57 @@ async def test_a_campaign_entry_is_the_evidence_when_both_scopes_list_a_number(
     )
     assert decision.facts["scope"] == "campaign" and decision.facts["source"] == "spring-list"
     assert "campaign blacklist (source spring-list)" in decision.evidence
+
+
+async def prefix_lengths(pool: asyncpg.Pool) -> list[int]:
+    return list(await pool.fetchval("SELECT lengths FROM dg_prefix_lengths"))
+
+
+async def test_decisions_probe_the_lengths_the_listed_prefixes_have(
+    store: BlacklistStore, decider: Decider, pool: asyncpg.Pool
+) -> None:
+    assert await prefix_lengths(pool) == []
+    assert await rule_for(decider, "+17182641234") is None
+    await store.add_prefix("+1718264")
+    await store.import_prefixes([("+4420", GLOBAL, "import", None, None)])
+    # A prefix as long as the whole number lists that number.
+    await store.add_prefix("+12122641234", campaign="spring")
+    assert await prefix_lengths(pool) == [5, 8, 12]
+    assert await rule_for(decider, "+17182641234") is Rule.BLACKLISTED
+    assert await rule_for(decider, "+442071234567") is Rule.BLACKLISTED
+    assert await rule_for(decider, "+12122641234", campaign="spring") is Rule.BLACKLISTED
+    assert await rule_for(decider, "+12122641234", campaign="autumn") is None
+    # Removing the only prefix of a length drops the length; the others still deny.
+    assert await store.remove_prefix("+4420")
+    assert await prefix_lengths(pool) == [8, 12]
+    assert await rule_for(decider, "+442071234567") is None
+    assert await rule_for(decider, "+17182641234") is Rule.BLACKLISTED
+
+
+ADD_4420 = "INSERT INTO blacklist_prefixes (prefix, campaign) VALUES ('+4420', '')"
+REMOVE_331 = "DELETE FROM blacklist_prefixes WHERE prefix = '+331'"
+
+
+@pytest.mark.parametrize("first", [ADD_4420, REMOVE_331], ids=["add first", "remove first"])
+async def test_prefixes_changed_in_concurrent_transactions_keep_every_length(
+    store: BlacklistStore, decider: Decider, pool: asyncpg.Pool, first: str
+) -> None:
+    """Two transactions change the prefix list at once, one adding, one removing (which
+    recounts from the table). Whichever refreshes the lengths second waits for the first to
+    commit and then includes its change: the new length is never lost."""
+    second = REMOVE_331 if first == ADD_4420 else ADD_4420
+    await store.add_prefix("+331")
+    async with pool.acquire() as one, pool.acquire() as two:
+        tx_one, tx_two = one.transaction(), two.transaction()
+        await tx_one.start()
+        await tx_two.start()
+        await one.execute(first)
+        waiting = asyncio.create_task(two.execute(second))
+        await asyncio.sleep(0.2)
+        assert not waiting.done(), "the second refresh waits for the first transaction"
+        await tx_one.commit()
+        await waiting
+        await tx_two.commit()
+    assert await prefix_lengths(pool) == [5]
+    assert await rule_for(decider, "+442071234567") is Rule.BLACKLISTED
+    assert await rule_for(decider, "+33123456789") is None

@@ -315,3 +315,25 @@ async def test_counts_are_shared_across_campaigns(decider: Decider) -> None:
     assert (await decide(decider, campaign="a")).allowed
     d = await decide(decider, campaign="b", at=NOON_NY + S)
     assert d.rule is Rule.DESTINATION_INTERVAL
+
+
+async def test_callerid_caps_count_in_every_window_of_a_long_list(pool: asyncpg.Pool) -> None:
+    """The first four caps are counted in one scan, a fifth and beyond on their own: each
+    binds at its own limit and frees its own window later."""
+    await CallerIdStore(pool).add(CID, None)
+    fourth = make_decider(pool, BuiltinProfiles(callerid_caps=["9/1m", "9/2m", "9/3m", "1/4m"]))
+    assert (await decide(fourth, dest="+12122640001")).allowed
+    denied = await decide(fourth, dest="+12122640002", at=NOON_NY + S)
+    assert denied.rule is Rule.CALLERID_RATE and denied.facts["window_s"] == 240
+    assert denied.callable_at == NOON_NY + timedelta(minutes=4)
+
+    fifth = make_decider(
+        pool, BuiltinProfiles(callerid_caps=["9/1m", "9/2m", "9/3m", "9/4m", "2/1h"])
+    )
+    later = NOON_NY + timedelta(minutes=10)
+    assert (await decide(fifth, dest="+12122640003", at=later)).allowed
+    denied = await decide(fifth, dest="+12122640004", at=later + S)
+    assert denied.rule is Rule.CALLERID_RATE and denied.facts["window_s"] == 3600
+    assert denied.facts["count"] == 2
+    # The first call (at NOON_NY) leaves the hour first.
+    assert denied.callable_at == NOON_NY + timedelta(hours=1)

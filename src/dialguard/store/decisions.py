@@ -18,7 +18,7 @@ from dialguard.store.connection import connection
 from dialguard.store.queries import q
 
 # Batches of recorded decisions in flight at once (the ``database.decision_batches`` default).
-DEFAULT_BATCHES = 4
+DEFAULT_BATCHES = 2
 
 _DECIDE = q("decide")
 _DECIDE_BATCH = q("decide_batch")
