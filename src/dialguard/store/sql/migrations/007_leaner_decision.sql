@@ -333,10 +333,14 @@ BEGIN
             v_cwin := greatest(v_cwin, v_w_s);
         END LOOP;
         SELECT ARRAY[
-                   count(*) FILTER (WHERE d.at > p_at - make_interval(secs => p_cid_cap_windows[1])),
-                   count(*) FILTER (WHERE d.at > p_at - make_interval(secs => p_cid_cap_windows[2])),
-                   count(*) FILTER (WHERE d.at > p_at - make_interval(secs => p_cid_cap_windows[3])),
-                   count(*) FILTER (WHERE d.at > p_at - make_interval(secs => p_cid_cap_windows[4]))
+                   count(*) FILTER (
+                       WHERE d.at > p_at - make_interval(secs => p_cid_cap_windows[1])),
+                   count(*) FILTER (
+                       WHERE d.at > p_at - make_interval(secs => p_cid_cap_windows[2])),
+                   count(*) FILTER (
+                       WHERE d.at > p_at - make_interval(secs => p_cid_cap_windows[3])),
+                   count(*) FILTER (
+                       WHERE d.at > p_at - make_interval(secs => p_cid_cap_windows[4]))
                ]::integer[],
                count(*) FILTER (WHERE d.outcome_at IS NULL
                                   AND d.at > p_at - make_interval(secs => p_max_call_s))
