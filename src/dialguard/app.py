@@ -16,6 +16,7 @@ import asyncpg
 
 from dialguard.config import Settings, profile_raw
 from dialguard.decider import Decider, DecisionMetrics, FailOpenSpool, NumberPolicy
+from dialguard.gc_pauses import PauseObserver, freeze_startup_objects
 from dialguard.policy.feedback import FeedbackPolicy
 from dialguard.store.blacklist import BlacklistStore
 from dialguard.store.callerids import CallerIdStore
@@ -200,6 +201,7 @@ class Service:
             self.registry, per_callerid=settings.metrics.per_callerid, build_version=__version__
         )
         stores.decisions.observe_batches(self.metrics.decision_batch)
+        self.gc_pauses = PauseObserver(self.metrics.gc_pause)
         self.tasks = TaskSet()
         self.spool = Spool(settings.gate.spool_dir, lambda rows: insert_spooled(stores.pool, rows))
         self.complaints = ComplaintStore(stores.pool)
@@ -299,6 +301,7 @@ class Service:
             await web.TCPSite(runner, host, port).start()
         if self.proxy is not None:
             await self.proxy.start()
+        self.gc_pauses.install()
         await self.spool.start()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         await self.listener.start()
@@ -365,6 +368,7 @@ class Service:
             await self.spool.flush()
         for runner in reversed(self._runners):
             await runner.cleanup()
+        self.gc_pauses.remove()
         await self.ari.close()
         await self._session.close()
 
@@ -408,6 +412,8 @@ async def serve(
         except OSError as exc:
             await service.stop()
             raise StartupError(f"cannot listen: {exc.strerror or exc}") from exc
+        # What start-up loaded lives as long as the process: out of the collector's way.
+        log.debug("froze %d start-up objects", freeze_startup_objects())
         try:
             await stop.wait()
             log.info("stopping: finishing decisions in flight")

@@ -67,6 +67,8 @@ DEFAULT_MAX_CALLER_IDS: Final = 1000
 # deadline (500 ms by default) as the ceiling. The buckets resolve p50 and p99 across that range
 # and put one edge on the 50 ms alert threshold.
 DECISION_BATCH_BUCKETS: Final[tuple[float, ...]] = (1, 2, 4, 8, 16, 32, 64)
+# A young collection takes well under a millisecond; a full one over 10 ms stalls every call.
+GC_PAUSE_BUCKETS: Final[tuple[float, ...]] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 DECISION_SECONDS_BUCKETS: Final[tuple[float, ...]] = (
     0.0005,
@@ -173,6 +175,15 @@ class Metrics:
             buckets=DECISION_BATCH_BUCKETS,
             registry=registry,
         )
+        self._gc_pauses = Histogram(
+            "dialguard_gc_pause_seconds",
+            "Garbage collections by generation and how long each stalled the event loop "
+            "(every call in flight waits meanwhile).",
+            ("generation",),
+            buckets=GC_PAUSE_BUCKETS,
+            registry=registry,
+        )
+        self._gc_pause_children = [self._gc_pauses.labels(generation=str(g)) for g in range(3)]
         self._in_flight = Gauge(
             "dialguard_decisions_in_flight",
             "Decisions started and not yet finished.",
@@ -296,6 +307,10 @@ class Metrics:
     def decision_batch(self, size: int) -> None:
         """Observe one database round trip that carried ``size`` recorded decisions."""
         self._decision_batch.observe(size)
+
+    def gc_pause(self, generation: int, seconds: float) -> None:
+        """Observe one garbage collection of ``generation`` (0, 1 or 2)."""
+        self._gc_pause_children[min(max(generation, 0), 2)].observe(seconds)
 
     def in_flight(self) -> AbstractContextManager[None]:
         """Context manager that holds ``dialguard_decisions_in_flight`` up while it is open."""

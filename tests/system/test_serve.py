@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -120,6 +121,8 @@ async def test_serve_gates_calls_and_exports_metrics(
         assert "dialguard_ari_connected 1.0" in text
         # Two decisions, one after the other: each went to the database alone.
         assert 'dialguard_decision_batch_size_bucket{le="1.0"} 2.0' in text
+        # serve froze its start-up objects with a full collection, and measured it.
+        assert re.search(r'dialguard_gc_pause_seconds_count\{generation="2"\} [1-9]', text)
         server.proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(server.proc.wait(), 15) == 0
 

@@ -88,6 +88,7 @@ def test_every_metric_of_the_design_is_exported_from_the_start() -> None:
         "dialguard_decision_seconds_bucket",
         "dialguard_decision_seconds_count",
         "dialguard_decision_batch_size_bucket",
+        "dialguard_gc_pause_seconds_count",
         "dialguard_complaints_total",
         "dialguard_carrier_rejections_total",
         "dialguard_callerid_state",
