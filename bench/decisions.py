@@ -76,7 +76,7 @@ from dialguard.metrics import Metrics
 from dialguard.policy.model import DecisionRequest
 from dialguard.store.campaigns import CampaignStore
 from dialguard.store.connection import create_pool
-from dialguard.store.decisions import DecideParams, DecideResult, DecisionStore
+from dialguard.store.decisions import DEFAULT_BATCHES, DecideParams, DecideResult, DecisionStore
 
 
 @dataclass
@@ -530,9 +530,9 @@ def main() -> None:
     parser.add_argument(
         "--batches",
         type=lambda s: [int(x) for x in s.split(",")],
-        default=[4, 0],
+        default=[DEFAULT_BATCHES, 0],
         help="decider variants: how many batches of decisions may be in flight at once "
-        "(4 = dialguard as shipped; 0 = every decision in its own round trip)",
+        f"({DEFAULT_BATCHES} = dialguard as shipped; 0 = every decision in its own round trip)",
     )
     parser.add_argument("--no-pgbench", action="store_true")
     parser.add_argument(
