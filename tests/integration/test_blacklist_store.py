@@ -285,3 +285,11 @@ async def test_prefixes_changed_in_concurrent_transactions_keep_every_length(
     assert await prefix_lengths(pool) == [5]
     assert await rule_for(decider, "+442071234567") is Rule.BLACKLISTED
     assert await rule_for(decider, "+33123456789") is None
+
+
+async def test_without_its_lengths_row_every_prefix_length_is_probed(
+    store: BlacklistStore, decider: Decider, pool: asyncpg.Pool
+) -> None:
+    await store.add_prefix("+1718264")
+    await pool.execute("DELETE FROM dg_prefix_lengths")
+    assert await rule_for(decider, "+17182641234") is Rule.BLACKLISTED

@@ -124,10 +124,13 @@ BEGIN
     SELECT c.version, c.paused, c.pause_reason, c.paused_at,
            k.number IS NOT NULL AS cid_found, k.state AS cid_state, k.reason AS cid_reason,
            k.campaign AS cid_campaign, k.changed_at AS cid_changed_at,
-           cc.last_used_at AS cid_last_used_at, pl.lengths AS prefix_lengths,
+           cc.last_used_at AS cid_last_used_at,
+           -- Without its row (never expected), every length is probed: slower, never wrong.
+           coalesce(pl.lengths, '{2,3,4,5,6,7,8,9,10,11,12,13,14,15,16}') AS prefix_lengths,
            bn.campaign AS bn_campaign, bn.source AS bn_source, bn.expires_at AS bn_expires_at
       INTO v_camp
-      FROM dg_prefix_lengths pl
+      FROM (SELECT) one
+      LEFT JOIN dg_prefix_lengths pl ON true
       LEFT JOIN campaigns c ON c.name = p_campaign
       LEFT JOIN callerids k ON k.number = p_caller AND v_rule IS NULL
       LEFT JOIN campaign_callerids cc
