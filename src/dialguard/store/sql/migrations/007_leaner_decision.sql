@@ -23,8 +23,10 @@ ALTER TABLE campaign_callerids SET (fillfactor = 50);
 
 -- One row: every length (in characters, '+' included) of a listed prefix, ascending, any
 -- campaign. More lengths than needed only cost a probe each; fewer would miss a prefix, so every
--- change to the prefix list refreshes it in its own transaction. Writers take the row's lock
--- first and compute in the next statement, whose snapshot then holds every writer before them.
+-- statement that changes the prefix list refreshes it, in the same transaction. Writers take the
+-- row's lock first and compute in the next statement, whose snapshot then holds every writer
+-- before them. The lock is held to the end of the writer's transaction: writers of the prefix
+-- list go one at a time (decisions only read the row and never wait).
 CREATE TABLE dg_prefix_lengths (
     one      boolean PRIMARY KEY DEFAULT true CHECK (one),
     lengths  integer[] NOT NULL
