@@ -44,6 +44,22 @@ async def test_an_item_leaves_alone_when_a_slot_is_free() -> None:
     assert r.calls == [[3], [4], [5]]
 
 
+async def test_callers_just_answered_come_back_together() -> None:
+    """A closed loop of callers (each sends its next item as soon as it has an answer), one
+    slot: after the first round trip, every round trip carries all of them. Were the slot freed
+    before they came back, the first would leave alone every time and the rest wait."""
+    r = Recorder()
+    b = Batcher(r.one, r.many, slots=1)
+
+    async def caller(n: int) -> None:
+        for _ in range(4):
+            assert await b.run(n) == n * n
+
+    await asyncio.gather(*(caller(n) for n in range(1, 6)))
+    # The first goes alone and comes back while the others arrive: then all go together.
+    assert [len(c) for c in r.calls] == [1, 5, 5, 5, 4]
+
+
 async def test_items_that_arrive_while_the_slots_are_busy_go_together_in_order() -> None:
     r = Recorder()
     r.gate.clear()

@@ -2,8 +2,10 @@
 
 A decision waits only while every batch slot is busy: with a slot free it leaves at once, alone,
 so a quiet system pays nothing. Under load the decisions that arrive while the slots are busy go
-together in the next batch, which is where a database on a small machine spends its time
-(the commit's flush and the round trip are paid once a batch instead of once a decision).
+together in the next batch, which is where a database on a small machine spends its time (the
+commit's flush and the round trip are paid once a batch instead of once a decision). A slot is
+freed one turn of the event loop after its answers went out, so the callers just answered, who
+come straight back under load, go together too.
 """
 
 from __future__ import annotations
@@ -68,8 +70,7 @@ class Batcher(Generic[P, R]):
             try:
                 return await self._one(item)
             finally:
-                self._busy -= 1
-                self._dispatch()
+                self._release_soon()
         answer: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append(_Waiting(item, answer))
         self._dispatch()
@@ -118,8 +119,24 @@ class Batcher(Generic[P, R]):
                 waiting.answer.cancel()
             raise
         finally:
-            self._busy -= 1
-            self._dispatch()
+            self._release_soon()
+
+    def _release_soon(self) -> None:
+        """Free a slot once the callbacks already queued have run.
+
+        Those callbacks are the callers just answered: under load they come straight back with
+        their next items, which then find the slot still taken, queue, and leave together in
+        one batch. Freed at once, the slot would carry the first of them alone and leave the
+        rest waiting for the next free slot, so batches would stay small.
+        """
+        try:
+            asyncio.get_running_loop().call_soon(self._release)
+        except RuntimeError:  # the loop is closing: nothing more will come
+            self._release()
+
+    def _release(self) -> None:
+        self._busy -= 1
+        self._dispatch()
 
     async def _answer_alone(self, waiting: _Waiting[P, R]) -> None:
         if waiting.answer.done():
