@@ -67,7 +67,14 @@ CREATE TRIGGER blacklist_prefixes_deleted AFTER DELETE ON blacklist_prefixes
 CREATE TRIGGER blacklist_prefixes_truncated AFTER TRUNCATE ON blacklist_prefixes
     FOR EACH STATEMENT EXECUTE FUNCTION dg_prefix_lengths_recount();
 
-CREATE OR REPLACE FUNCTION dg_decide(
+-- dg_decide now returns one row, not a set: dg_decide_batch then calls it as a plain
+-- expression, without a query (and its executor start-up) around every item.
+DROP FUNCTION dg_decide(
+    timestamptz, text, text, text, integer, boolean, text, text, text, jsonb, jsonb, boolean,
+    integer, integer, integer, integer[], integer[], integer, integer, integer, integer[],
+    integer[], integer, integer);
+
+CREATE FUNCTION dg_decide(
     p_at timestamptz,
     p_caller text,
     p_dest text,
@@ -91,9 +98,12 @@ CREATE OR REPLACE FUNCTION dg_decide(
     p_cid_cap_limits integer[],
     p_cid_cap_windows integer[],
     p_cid_max_concurrent integer,
-    p_max_call_s integer
-) RETURNS TABLE (decision_id bigint, rule text, facts jsonb, stale boolean)
-LANGUAGE plpgsql AS $$
+    p_max_call_s integer,
+    OUT decision_id bigint,
+    OUT rule text,
+    OUT facts jsonb,
+    OUT stale boolean
+) LANGUAGE plpgsql AS $$
 DECLARE
     v_rule   text := p_pre_rule;
     v_facts  jsonb := p_pre_facts;
@@ -102,7 +112,6 @@ DECLARE
     v_n      integer;
     v_t      timestamptz;
     v_w      interval;
-    v_id     bigint;
     v_dwin   integer;
     v_w_s    integer;
     v_ats    timestamptz[];
@@ -146,8 +155,8 @@ BEGIN
                AND (b.expires_at IS NULL OR b.expires_at > p_at)
              ORDER BY b.campaign DESC LIMIT 1) bn ON true;
     IF coalesce(v_camp.version, 0) <> p_campaign_version THEN
-        RETURN QUERY SELECT NULL::bigint, NULL::text,
-            jsonb_build_object('version', coalesce(v_camp.version, 0)), true;
+        facts := jsonb_build_object('version', coalesce(v_camp.version, 0));
+        stale := true;
         RETURN;
     END IF;
 
@@ -385,7 +394,6 @@ BEGIN
     -- The decision's record and, when allowed, the campaign's use of the caller ID: one
     -- statement that also answers.
     IF p_record THEN
-        RETURN QUERY
         WITH ins AS (
             INSERT INTO decisions (at, caller_id, destination, campaign, allowed, rule, facts,
                                    source, channel_id)
@@ -399,11 +407,56 @@ BEGIN
                SET last_used_at = excluded.last_used_at
              WHERE cc.last_used_at < excluded.last_used_at
         )
-        SELECT ins.id, v_rule, coalesce(v_facts, '{}'::jsonb), false FROM ins;
-        RETURN;
+        SELECT ins.id INTO decision_id FROM ins;
     END IF;
+    rule := v_rule;
+    facts := coalesce(v_facts, '{}'::jsonb);
+    stale := false;
+END;
+$$;
 
-    RETURN QUERY SELECT v_id, v_rule, coalesce(v_facts, '{}'::jsonb), false;
+CREATE OR REPLACE FUNCTION dg_decide_batch(p_items dg_decide_item[])
+RETURNS TABLE (decision_id bigint, rule text, facts jsonb, stale boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v  dg_decide_item;
+    r  record;
+BEGIN
+    PERFORM pg_advisory_xact_lock(s.k)
+       FROM (SELECT DISTINCT hashtextextended('dest:' || x.dest, 0) AS k
+               FROM unnest(p_items) x
+              WHERE x.pre_rule IS NULL AND x.hours_facts IS NULL
+              ORDER BY 1) s;
+    PERFORM pg_advisory_xact_lock(s.k)
+       FROM (SELECT DISTINCT hashtextextended('cid:' || x.caller, 0) AS k
+               FROM unnest(p_items) x
+              WHERE x.pre_rule IS NULL AND x.hours_facts IS NULL
+                AND (cardinality(x.cid_cap_limits) > 0 OR x.cid_max_concurrent IS NOT NULL)
+              ORDER BY 1) s;
+    PERFORM pg_advisory_xact_lock(s.k)
+       FROM (SELECT DISTINCT hashtextextended('camp:' || x.campaign, 0) AS k
+               FROM unnest(p_items) x
+              WHERE x.pre_rule IS NULL AND x.hours_facts IS NULL
+                AND x.campaign_rotation_limit IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM campaign_callerids cc
+                                 WHERE cc.campaign = x.campaign AND cc.caller_id = x.caller
+                                   AND cc.last_used_at > x.at - interval '24 hours')
+              ORDER BY 1) s;
+
+    FOREACH v IN ARRAY p_items LOOP
+        r := dg_decide(
+            v.at, v.caller, v.dest, v.campaign, v.campaign_version, true, v.source,
+            v.channel_id, v.pre_rule, v.pre_facts::jsonb, v.hours_facts::jsonb,
+            v.require_registered, v.cooldown_s, v.conversation_min_s, v.interval_s,
+            v.dest_cap_limits, v.dest_cap_windows, v.rotation_limit, v.rotation_window_s,
+            v.campaign_rotation_limit, v.cid_cap_limits, v.cid_cap_windows,
+            v.cid_max_concurrent, v.max_call_s);
+        decision_id := r.decision_id;
+        rule := r.rule;
+        facts := r.facts;
+        stale := r.stale;
+        RETURN NEXT;
+    END LOOP;
 END;
 $$;
 
