@@ -60,6 +60,33 @@ async def test_callers_just_answered_come_back_together() -> None:
     assert [len(c) for c in r.calls] == [1, 5, 5, 5, 4]
 
 
+async def test_the_slots_carry_even_shares() -> None:
+    """Eight callers in a closed loop, two slots, a database whose time grows with the batch:
+    the slots settle on four items each. Without even shares one slot would carry seven while
+    the other turned over single items, which cost the database the most per item."""
+    sizes: list[int] = []
+
+    async def one(n: int) -> int:
+        sizes.append(1)
+        await asyncio.sleep(0.002)
+        return n
+
+    async def many(ns: Sequence[int]) -> list[int]:
+        sizes.append(len(ns))
+        await asyncio.sleep(0.0005 * len(ns))
+        return list(ns)
+
+    b = Batcher(one, many, slots=2)
+
+    async def caller(n: int) -> None:
+        for _ in range(20):
+            assert await b.run(n) == n
+
+    await asyncio.gather(*(caller(n) for n in range(8)))
+    settled = sizes[6:-6]
+    assert settled and set(settled) == {4}, sizes
+
+
 async def test_items_that_arrive_while_the_slots_are_busy_go_together_in_order() -> None:
     r = Recorder()
     r.gate.clear()

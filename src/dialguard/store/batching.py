@@ -34,7 +34,9 @@ class _Waiting(Generic[P, R]):
 class Batcher(Generic[P, R]):
     """Runs items through ``one`` (a batch of one) or ``many`` (several, answers in order).
 
-    At most ``slots`` calls are in flight at once, each with at most ``max_items`` items. When
+    At most ``slots`` calls are in flight at once, each with at most ``max_items`` items and an
+    even share of the items waiting or in flight (so no slot turns over single items while
+    another carries the rest). When
     ``many`` fails with a database error (a deadlock, or one item the database rejects), each
     of its items is run again on its own through ``one``, so an error reaches only the item
     that caused it. A caller that stops waiting (a deadline) before its batch leaves is dropped
@@ -57,6 +59,7 @@ class Batcher(Generic[P, R]):
         self._max_items = max_items
         self._queue: deque[_Waiting[P, R]] = deque()
         self._busy = 0
+        self._carrying = 0  # items in the calls in flight
         self._running: set[asyncio.Task[None]] = set()
         # How many calls went out at each size (1 = alone), and who else wants to know.
         self.sizes: Counter[int] = Counter()
@@ -66,11 +69,12 @@ class Batcher(Generic[P, R]):
         if self._busy < self._slots and not self._queue:
             # A free slot and nobody waiting: go alone, from the caller's own task.
             self._busy += 1
+            self._carrying += 1
             self._sent(1)
             try:
                 return await self._one(item)
             finally:
-                self._release_soon()
+                self._release_soon(1)
         answer: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append(_Waiting(item, answer))
         self._dispatch()
@@ -83,14 +87,19 @@ class Batcher(Generic[P, R]):
 
     def _dispatch(self) -> None:
         while self._queue and self._busy < self._slots:
+            # An even share of all the items waiting or in flight: the slots then carry batches
+            # of like size, instead of one large batch beside a slot turning over single items.
+            share = -(-(len(self._queue) + self._carrying) // self._slots)
+            limit = min(self._max_items, share)
             batch: list[_Waiting[P, R]] = []
-            while self._queue and len(batch) < self._max_items:
+            while self._queue and len(batch) < limit:
                 waiting = self._queue.popleft()
                 if not waiting.answer.done():
                     batch.append(waiting)
             if not batch:
                 continue
             self._busy += 1
+            self._carrying += len(batch)
             self._sent(len(batch))
             task = asyncio.create_task(self._send(batch))
             self._running.add(task)
@@ -119,9 +128,9 @@ class Batcher(Generic[P, R]):
                 waiting.answer.cancel()
             raise
         finally:
-            self._release_soon()
+            self._release_soon(len(batch))
 
-    def _release_soon(self) -> None:
+    def _release_soon(self, items: int) -> None:
         """Free a slot once the callbacks already queued have run.
 
         Those callbacks are the callers just answered: under load they come straight back with
@@ -130,12 +139,13 @@ class Batcher(Generic[P, R]):
         rest waiting for the next free slot, so batches would stay small.
         """
         try:
-            asyncio.get_running_loop().call_soon(self._release)
+            asyncio.get_running_loop().call_soon(self._release, items)
         except RuntimeError:  # the loop is closing: nothing more will come
-            self._release()
+            self._release(items)
 
-    def _release(self) -> None:
+    def _release(self, items: int) -> None:
         self._busy -= 1
+        self._carrying -= items
         self._dispatch()
 
     async def _answer_alone(self, waiting: _Waiting[P, R]) -> None:
