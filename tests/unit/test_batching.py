@@ -46,18 +46,29 @@ async def test_an_item_leaves_alone_when_a_slot_is_free() -> None:
 
 async def test_callers_just_answered_come_back_together() -> None:
     """A closed loop of callers (each sends its next item as soon as it has an answer), one
-    slot: after the first round trip, every round trip carries all of them. Were the slot freed
-    before they came back, the first would leave alone every time and the rest wait."""
-    r = Recorder()
-    b = Batcher(r.one, r.many, slots=1)
+    slot: once a batch has been answered, every round trip carries all of them. Were the slot
+    freed before they came back, the first of them would leave alone and the rest wait."""
+    calls: list[list[int]] = []
+
+    async def one(n: int) -> int:
+        calls.append([n])
+        await asyncio.sleep(0)  # a round trip suspends
+        return n
+
+    async def many(ns: Sequence[int]) -> list[int]:
+        calls.append(list(ns))
+        await asyncio.sleep(0)
+        return list(ns)
+
+    b = Batcher(one, many, slots=1)
 
     async def caller(n: int) -> None:
         for _ in range(4):
-            assert await b.run(n) == n * n
+            assert await b.run(n) == n
 
     await asyncio.gather(*(caller(n) for n in range(1, 6)))
-    # The first goes alone and comes back while the others arrive: then all go together.
-    assert [len(c) for c in r.calls] == [1, 5, 5, 5, 4]
+    # The first goes alone, the others arrive meanwhile and go next; then all go together.
+    assert [len(c) for c in calls] == [1, 4, 5, 5, 5]
 
 
 async def test_the_slots_carry_even_shares() -> None:

@@ -3,9 +3,10 @@
 A decision waits only while every batch slot is busy: with a slot free it leaves at once, alone,
 so a quiet system pays nothing. Under load the decisions that arrive while the slots are busy go
 together in the next batch, which is where a database on a small machine spends its time (the
-commit's flush and the round trip are paid once a batch instead of once a decision). A slot is
-freed one turn of the event loop after its answers went out, so the callers just answered, who
-come straight back under load, go together too.
+commit's flush and the round trip are paid once a batch instead of once a decision). A slot that
+carried a batch is freed one turn of the event loop after its answers went out, so the callers
+just answered, who come straight back under load, go together too; each batch takes an even
+share of the work, so the slots carry batches of like size.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class Batcher(Generic[P, R]):
             try:
                 return await self._one(item)
             finally:
-                self._release_soon(1)
+                # It found the system idle: nobody else was answered with it to wait for.
+                self._release(1)
         answer: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append(_Waiting(item, answer))
         self._dispatch()
