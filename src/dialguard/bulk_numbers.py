@@ -28,7 +28,7 @@ from phonenumbers import PhoneMetadata, country_code_for_region
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE
 from phonenumbers.tzdata import TIMEZONE_DATA
 
-from dialguard.numbers import time_zones, try_normalise
+from dialguard.numbers import destination
 
 # The standard library's regular expression parser: private, but stable since Python 3.11.
 _parser: Any = importlib.import_module("re._parser")
@@ -98,7 +98,8 @@ class BulkNumbers:
 
     def takes_fast_path(self, raw: str) -> bool:
         """Whether :meth:`classify` may answer ``raw`` by its block (E.164, or a national number
-        of the North American plan read in one of its regions); other input is parsed alone."""
+        of the North American plan read in one of its regions); other input is parsed alone,
+        by :func:`dialguard.numbers.destination`, so callers need not ask first."""
         return raw[:1] == "+" or (self._nanp and _is_nanp_national(raw))
 
     def _learn(self, text: str, digits: str, plan: int) -> Verdict | None:
@@ -116,10 +117,8 @@ class BulkNumbers:
         return (e164, zones)
 
     def _exact(self, raw: str) -> Verdict:
-        e164 = try_normalise(raw, self._region)
-        if e164 is None:
-            return (None, ())
-        return (e164, time_zones(e164, self._fallback))
+        found = destination(raw, self._region, self._fallback)
+        return found if found is not None else (None, ())
 
 
 def _is_nanp_national(text: str) -> bool:

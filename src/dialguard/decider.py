@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 from dialguard.bulk_numbers import BulkNumbers
 from dialguard.numbers import cached_normalise
-from dialguard.numbers import destination as parse_destination
 from dialguard.policy.checks import precheck
 from dialguard.policy.codes import DEFAULT_CAMPAIGN, Rule, Verdict
 from dialguard.policy.evidence import callable_at, explain
@@ -79,24 +78,17 @@ class Decider:
         self._spool = spool
         self._clock = clock
         self._cache: dict[str, tuple[int, Profile]] = {}
-        # E.164 input is classified once per number block (exactly what numbers.py answers), so
-        # a decision does not pay a full phonenumbers parse of the destination and caller ID.
-        self._bulk = BulkNumbers(numbers.default_region, numbers.fallback_timezone)
-        self._classify = self._bulk.classify
+        # E.164 input (and national numbers of the North American plan) is classified once per
+        # number block, exactly as numbers.py answers, so a decision does not pay a full
+        # phonenumbers parse of the destination and caller ID; other input is parsed alone.
+        self._classify = BulkNumbers(numbers.default_region, numbers.fallback_timezone).classify
 
     async def decide(self, request: DecisionRequest) -> Decision:
         started = time.perf_counter()
         campaign = request.campaign or DEFAULT_CAMPAIGN
         at = request.at or self._clock()
         numbers = self._numbers
-        raw_destination = request.destination
-        if self._bulk.takes_fast_path(raw_destination):
-            destination, zones = self._classify(raw_destination)
-        else:
-            found = parse_destination(
-                request.destination, numbers.default_region, numbers.fallback_timezone
-            )
-            destination, zones = found if found else (None, ())
+        destination, zones = self._classify(request.destination)
         raw_caller = request.caller_id
         if raw_caller[:1] == "+":
             caller = self._classify(raw_caller)[0]

@@ -140,10 +140,7 @@ class Batcher(Generic[P, R]):
         one batch. Freed at once, the slot would carry the first of them alone and leave the
         rest waiting for the next free slot, so batches would stay small.
         """
-        try:
-            asyncio.get_running_loop().call_soon(self._release, items)
-        except RuntimeError:  # the loop is closing: nothing more will come
-            self._release(items)
+        asyncio.get_running_loop().call_soon(self._release, items)
 
     def _release(self, items: int) -> None:
         self._busy -= 1

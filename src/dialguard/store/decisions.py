@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -101,8 +101,9 @@ class DecideResult:
     stale: bool
 
 
-@dataclass(frozen=True, slots=True)
-class _Outcome:
+class _Outcome(NamedTuple):
+    """One outcome, its fields in the order the outcome SQL takes them."""
+
     decision_id: int
     outcome: str
     answered_seconds: int | None
@@ -189,32 +190,16 @@ class DecisionStore:
 
     async def _record_one(self, o: _Outcome) -> OutcomeRecorded:
         async with connection(self._pool) as conn:
-            row = await conn.fetchrow(
-                _OUTCOME,
-                o.decision_id,
-                o.outcome,
-                o.answered_seconds,
-                o.cause,
-                o.sip_code,
-                o.at,
-                *self._block,
-            )
+            row = await conn.fetchrow(_OUTCOME, *o, *self._block)
         if row is None:
             return OutcomeRecorded(False, None, None)
         return OutcomeRecorded(True, row["caller_id"], row["campaign"], row["rested"])
 
     async def _record_many(self, batch: Sequence[_Outcome]) -> list[OutcomeRecorded]:
         async with connection(self._pool) as conn:
-            rows = await conn.fetch(
-                _OUTCOMES,
-                [o.decision_id for o in batch],
-                [o.outcome for o in batch],
-                [o.answered_seconds for o in batch],
-                [o.cause for o in batch],
-                [o.sip_code for o in batch],
-                [o.at for o in batch],
-                *self._block,
-            )
+            # One array per field: the batch turned on its side.
+            columns = [list(column) for column in zip(*batch, strict=True)]
+            rows = await conn.fetch(_OUTCOMES, *columns, *self._block)
         return [
             OutcomeRecorded(r["recorded"], r["caller_id"], r["campaign"], r["rested"]) for r in rows
         ]
