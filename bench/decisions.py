@@ -7,13 +7,13 @@ For each ``synchronous_commit`` setting asked for, and each client count (1, 16,
 
 * the decider: ``clients`` coroutines in one process (uvloop), each deciding one call after
   another through :class:`dialguard.decider.Decider` on a pool of ``clients`` connections (the
-  production path: normalisation, pure checks, the ``dg_decide`` round trip as a prepared
-  statement, evidence, metrics), for ``--seconds`` after a warm-up; once per ``--batches``
-  value: the decisions that arrive together go in one ``dg_decide_batch`` round trip, with at
-  most that many batches in flight (0: every decision in its own round trip);
-* pgbench: ``clients`` connections running ``SELECT * FROM dg_decide(...)`` with the same
-  parameters (read from the decider's own first call) and the same destination mix, ``-M
-  prepared``, for the same time.
+  production path: normalisation, pure checks, the ``dg_decide_batch`` round trip as a
+  prepared statement, evidence, metrics), for ``--seconds`` after a warm-up; once per
+  ``--batches`` value: the decisions that arrive together go in one round trip, with at most
+  that many batches in flight (0: every decision in its own round trip, a batch of one);
+* pgbench: ``clients`` connections running ``SELECT * FROM dg_decide_batch(...)`` of one
+  decision with the same parameters (read from the decider's own first call) and the same
+  destination mix, ``-M prepared``, for the same time.
 
 Destinations: 75 % fresh numbers, 20 % with history, 5 % blacklisted; caller IDs and campaigns at
 random among the registered ones. After each measurement the calls it allowed are ended (an
@@ -250,7 +250,7 @@ def sql_literal(value: Any, sql_type: str) -> str:
     return "'" + str(value).replace("'", "''") + "'::" + sql_type
 
 
-# The SQL types of dg_decide's parameters, in order (see 002_decide_function.sql).
+# The SQL types of a decision's parameters (DecideParams.args()), in order.
 PARAM_TYPES = [
     "timestamptz", "text", "text", "text", "integer", "boolean", "text", "text", "text",
     "jsonb", "jsonb", "boolean", "integer", "integer", "integer", "integer[]", "integer[]",
@@ -292,17 +292,14 @@ def pgbench_script(params: DecideParams, campaign_version: int, batch: int = 1) 
             f" + :f{v} % {FRESH_SPAN}",
             "\\endif",
         ]
-    if batch == 1:
-        lines.append("SELECT * FROM dg_decide(" + ", ".join(calls[0]) + ");")
-    else:
-        # A dg_decide_item is dg_decide's parameters without "record", the facts as text.
-        items = [
-            "ROW("
-            + ", ".join(a.replace("::jsonb", "::text") for i, a in enumerate(args) if i != 5)
-            + ")::dg_decide_item"
-            for args in calls
-        ]
-        lines.append("SELECT * FROM dg_decide_batch(ARRAY[" + ", ".join(items) + "]);")
+    # A dg_decide_item is the decision's parameters without "record", the facts as text.
+    items = [
+        "ROW("
+        + ", ".join(a.replace("::jsonb", "::text") for i, a in enumerate(args) if i != 5)
+        + ")::dg_decide_item"
+        for args in calls
+    ]
+    lines.append("SELECT * FROM dg_decide_batch(ARRAY[" + ", ".join(items) + "]);")
     return "\n".join([*lines, ""])
 
 

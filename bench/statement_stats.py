@@ -1,4 +1,5 @@
-"""Where a dg_decide call spends its time, statement by statement, under each plan-cache mode.
+"""Where one decision (a dg_decide_batch of one) spends its time, statement by statement, under
+each plan-cache mode.
 
 Needs a server with ``pg_stat_statements`` preloaded (``track = all``, ``track_planning = on``);
 pgserver's build has no contrib modules, so run it against a stock PostgreSQL holding the data set
@@ -7,7 +8,7 @@ pgserver's build has no contrib modules, so run it against a stock PostgreSQL ho
     .venv/bin/python bench/statement_stats.py --database postgresql://postgres@/postgres?host=DIR
 
 For each ``plan_cache_mode`` it runs the pgbench decision script (the same one bench/decisions.py
-uses) with one client for ``--seconds``, then lists every statement inside dg_decide with its
+uses) with one client for ``--seconds``, then lists every statement inside dg_decide_batch with its
 calls, how many times it was planned, and mean planning and execution time.
 """
 

@@ -95,6 +95,35 @@ async def test_a_batch_decides_as_the_same_calls_one_after_another(pool: asyncpg
     assert all(ids) and ids == sorted(ids) and len(set(ids)) == len(ids)
 
 
+async def test_a_batch_counts_the_caller_ids_its_earlier_items_brought_to_the_campaign(
+    pool: asyncpg.Pool,
+) -> None:
+    """The batch writes its records at the end; a count of the campaign's caller IDs in the
+    middle of it must still see the ones the batch itself just allowed."""
+    a, b, c = (f"+12125550{n}00" for n in range(1, 4))
+    for caller in (a, b, c):
+        await CallerIdStore(pool).add(caller, None)
+    profiles = BuiltinProfiles(campaign_callerids_per_day=2, callerid_caps=[])
+    store = DecisionStore(pool, batches=1)
+    decider = decider_on(pool, 1, profiles, store)
+    await decider.profile_for("default")
+
+    def call(caller: str, n: int) -> DecisionRequest:
+        return DecisionRequest(
+            caller_id=caller, destination=f"+1212264{n:04d}", at=NOON_NY + timedelta(seconds=n)
+        )
+
+    # The first call leaves alone; the other four go together, in this order.
+    requests = [call(a, 0), call(b, 1), call(c, 2), call(b, 3), call(a, 4)]
+    decided = await asyncio.gather(*(decider.decide(r) for r in requests))
+
+    assert store.batch_sizes == {1: 1, 4: 1}
+    # c would be the campaign's third caller ID in a day, b having been brought in by the
+    # batch itself; b and a, already the campaign's, still call.
+    assert [d.rule for d in decided] == [None, None, Rule.CAMPAIGN_ROTATION, None, None]
+    assert decided[2].facts == {"used": 2, "limit": 2, "window_s": 86400}
+
+
 def params(destination: str, seconds: int) -> DecideParams:
     """A recorded decision with every limit off, for a campaign never set."""
     return DecideParams(

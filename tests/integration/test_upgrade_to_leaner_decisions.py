@@ -1,4 +1,5 @@
-"""Upgrading a database that already holds data to migration 007 (leaner decisions)."""
+"""Upgrading a database that already holds data through migrations 007 (leaner decisions) and
+008 (set-based decisions)."""
 
 from __future__ import annotations
 
@@ -72,11 +73,16 @@ async def test_the_upgrade_keeps_listed_prefixes_and_calls_still_up(
     pool = pool_at_006
     await CallerIdStore(pool).add(CID, None)
     await BlacklistStore(pool).add_prefix("+1718264")
-    up = await decide(pool, "+12122640001")
-    assert up.allowed and up.decision_id is not None
+    # A call allowed before the upgrade, still up: the row the 006 schema's dg_decide left.
+    up_id = await pool.fetchval(
+        "INSERT INTO decisions (at, caller_id, destination, campaign, allowed, source)"
+        " VALUES ($1, $2, '+12122640001', 'default', true, 'test') RETURNING id",
+        NOON_NY,
+        CID,
+    )
 
     applied = await migrate(pool)
-    assert applied[0] == "007_leaner_decision.sql"
+    assert applied == ["007_leaner_decision.sql", "008_set_based_decisions.sql"]
 
     # The prefixes listed before the upgrade are known by their length.
     assert list(await pool.fetchval("SELECT lengths FROM dg_prefix_lengths")) == [8]
@@ -84,7 +90,7 @@ async def test_the_upgrade_keeps_listed_prefixes_and_calls_still_up(
     # The call placed before the upgrade is still up, and counts.
     assert (await decide(pool, "+12122640002", 2)).rule is Rule.CALLERID_CONCURRENCY
     recorded = await DecisionStore(pool).record_outcome(
-        up.decision_id, outcome="busy", answered_seconds=None, cause=17, sip_code=486, at=NOON_NY
+        up_id, outcome="busy", answered_seconds=None, cause=17, sip_code=486, at=NOON_NY
     )
     assert recorded.recorded
     assert (await decide(pool, "+12122640002", 3)).allowed

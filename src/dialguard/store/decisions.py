@@ -28,7 +28,7 @@ _OUTCOMES = q("record_outcomes_judged")
 
 @dataclass(frozen=True, slots=True)
 class DecideParams:
-    """Everything ``dg_decide`` needs; limits are ``None`` (or empty) when switched off."""
+    """Everything a decision needs; limits are ``None`` (or empty) when switched off."""
 
     at: datetime
     caller_id: str
@@ -84,8 +84,8 @@ class DecideParams:
         )
 
     def batch_item(self) -> tuple[Any, ...]:
-        """A recorded decision as a ``dg_decide_item``: the arguments of ``dg_decide`` without
-        ``record``, with the facts as JSON text."""
+        """The decision as a ``dg_decide_item``: its fields without ``record``, with the facts
+        as JSON text."""
         item = list(self.args())
         del item[5]  # record
         for i in (8, 9):  # pre_facts, hours_facts
@@ -165,7 +165,7 @@ class DecisionStore:
 
     async def _decide_one(self, params: DecideParams) -> DecideResult:
         async with connection(self._pool) as conn:
-            row = await conn.fetchrow(_DECIDE, *params.args())
+            row = await conn.fetchrow(_DECIDE, params.batch_item(), params.record)
         return DecideResult(row["decision_id"], row["rule"], row["facts"], row["stale"])
 
     async def _decide_many(self, batch: Sequence[DecideParams]) -> list[DecideResult]:

@@ -1,9 +1,8 @@
 -- Named queries. Each block starts with "-- name: NAME" and runs to the next block.
 
 -- name: decide
-SELECT decision_id, rule, facts, stale FROM dg_decide(
-    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-    $21, $22, $23, $24)
+-- One decision, recorded ($2) or not: a batch of one.
+SELECT decision_id, rule, facts, stale FROM dg_decide_batch(ARRAY[$1::dg_decide_item], $2)
 
 -- name: decide_batch
 -- Recorded decisions in arrival order, answered in the same order.
