@@ -250,33 +250,33 @@ def sql_literal(value: Any, sql_type: str) -> str:
     return "'" + str(value).replace("'", "''") + "'::" + sql_type
 
 
-# The SQL types of a decision's parameters (DecideParams.args()), in order.
-PARAM_TYPES = [
-    "timestamptz", "text", "text", "text", "integer", "boolean", "text", "text", "text",
-    "jsonb", "jsonb", "boolean", "integer", "integer", "integer", "integer[]", "integer[]",
-    "integer", "integer", "integer", "integer[]", "integer[]", "integer", "integer",
+# The SQL types of a dg_decide_item's fields (DecideParams.batch_item()), in order.
+ITEM_TYPES = [
+    "timestamptz", "text", "text", "text", "integer", "text", "text", "text", "text", "text",
+    "boolean", "integer", "integer", "integer", "integer[]", "integer[]", "integer", "integer",
+    "integer", "integer[]", "integer[]", "integer", "integer", "integer", "integer",
 ]  # fmt: skip
 
 
 def pgbench_script(params: DecideParams, campaign_version: int, batch: int = 1) -> str:
     """The decision SQL with the decider's own constant parameters and the same random mix.
 
-    With ``batch`` > 1, each transaction is one ``dg_decide_batch`` of that many decisions,
-    each drawn as a single one is.
+    Each transaction is one ``dg_decide_batch`` of ``batch`` decisions, each drawn as a single
+    one is.
     """
     lines: list[str] = []
     calls: list[list[str]] = []
     fresh_first = 12010000000 + 2_000_000
     for n in range(batch):
         v = "" if batch == 1 else str(n)
-        args = [sql_literal(x, t) for x, t in zip(params.args(), PARAM_TYPES, strict=True)]
-        args[0] = "now()"
-        args[1] = f"'+' || :cid{v}"
-        args[2] = f"'+' || :dest{v}"
-        args[3] = f"'c' || :camp{v}"
-        args[4] = str(campaign_version)
-        args[6] = "'pgbench'"
-        calls.append(args)
+        item = [sql_literal(x, t) for x, t in zip(params.batch_item(), ITEM_TYPES, strict=True)]
+        item[0] = "now()"
+        item[1] = f"'+' || :cid{v}"
+        item[2] = f"'+' || :dest{v}"
+        item[3] = f"'c' || :camp{v}"
+        item[4] = str(campaign_version)
+        item[5] = "'pgbench'"
+        calls.append(item)
         lines += [
             f"\\set c{v} random(0, {CALLER_COUNT - 1})",
             f"\\set cid{v} {CALLER_BASE} + :c{v}",
@@ -292,13 +292,7 @@ def pgbench_script(params: DecideParams, campaign_version: int, batch: int = 1) 
             f" + :f{v} % {FRESH_SPAN}",
             "\\endif",
         ]
-    # A dg_decide_item is the decision's parameters without "record", the facts as text.
-    items = [
-        "ROW("
-        + ", ".join(a.replace("::jsonb", "::text") for i, a in enumerate(args) if i != 5)
-        + ")::dg_decide_item"
-        for args in calls
-    ]
+    items = ["ROW(" + ", ".join(item) + ")::dg_decide_item" for item in calls]
     lines.append("SELECT * FROM dg_decide_batch(ARRAY[" + ", ".join(items) + "]);")
     return "\n".join([*lines, ""])
 

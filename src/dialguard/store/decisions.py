@@ -55,19 +55,39 @@ class DecideParams:
     cid_max_concurrent: int | None
     max_call_s: int
 
-    def args(self) -> tuple[Any, ...]:
+    @property
+    def destination_window_s(self) -> int:
+        """The longest window any destination rule looks back over, in seconds (0: none)."""
+        windows = [self.interval_s or 0, self.rotation_window_s or 0, *self.dest_cap_windows]
+        if self.cooldown_s is not None and self.conversation_min_s is not None:
+            # A conversation that ended inside the cool-down started up to a call's length
+            # (a day at least) before it ended.
+            windows.append(self.cooldown_s + max(self.max_call_s, 86400))
+        return max(windows)
+
+    @property
+    def callerid_window_s(self) -> int | None:
+        """The longest window the caller ID's caps and concurrency look back over, in
+        seconds (``None``: both are off)."""
+        if not self.cid_cap_limits and self.cid_max_concurrent is None:
+            return None
+        up = self.max_call_s if self.cid_max_concurrent is not None else 0
+        return max([up, *self.cid_cap_windows])
+
+    def batch_item(self) -> tuple[Any, ...]:
+        """The decision as a ``dg_decide_item``: every field but ``record``, the facts as JSON
+        text, then the two windows."""
         return (
             self.at,
             self.caller_id,
             self.destination,
             self.campaign,
             self.campaign_version,
-            self.record,
             self.source,
             self.channel_id,
             self.pre_rule,
-            self.pre_facts,
-            self.hours_facts,
+            None if self.pre_facts is None else json.dumps(self.pre_facts),
+            None if self.hours_facts is None else json.dumps(self.hours_facts),
             self.require_registered,
             self.cooldown_s,
             self.conversation_min_s,
@@ -81,16 +101,9 @@ class DecideParams:
             self.cid_cap_windows,
             self.cid_max_concurrent,
             self.max_call_s,
+            self.destination_window_s,
+            self.callerid_window_s,
         )
-
-    def batch_item(self) -> tuple[Any, ...]:
-        """The decision as a ``dg_decide_item``: its fields without ``record``, with the facts
-        as JSON text."""
-        item = list(self.args())
-        del item[5]  # record
-        for i in (8, 9):  # pre_facts, hours_facts
-            item[i] = None if item[i] is None else json.dumps(item[i])
-        return tuple(item)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,45 +26,43 @@ CREATE TYPE dg_new_decision AS (
     channel_id   text
 );
 
--- The destination's allowed attempts, oldest first, over the longest window any of the item's
--- destination rules looks at.
-CREATE FUNCTION dg_destination_history(x dg_decide_item)
+-- What a decision needs beyond its rules' limits: the longest window its destination rules
+-- look back over (0: none) and the longest its caller ID's caps and concurrency look back over
+-- (NULL: both off), in seconds. The caller works them out once, from the same limits.
+ALTER TYPE dg_decide_item
+    ADD ATTRIBUTE dest_window_s integer,
+    ADD ATTRIBUTE cid_window_s integer;
+
+-- The destination's allowed attempts in the window, oldest first.
+CREATE FUNCTION dg_destination_history(p_dest text, p_at timestamptz, p_window_s integer)
 RETURNS TABLE (ats timestamptz[], callers text[], answered integer[])
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(array_agg(d.at ORDER BY d.at), '{}'),
            coalesce(array_agg(d.caller_id ORDER BY d.at), '{}'),
            coalesce(array_agg(coalesce(d.answered_seconds, -1) ORDER BY d.at), '{}')
       FROM decisions d
-     WHERE d.destination = x.dest AND d.allowed
-       AND d.at > x.at - make_interval(secs => greatest(
-               coalesce(x.interval_s, 0),
-               coalesce(x.rotation_window_s, 0),
-               CASE WHEN x.cooldown_s IS NOT NULL AND x.conversation_min_s IS NOT NULL
-                    THEN x.cooldown_s + greatest(x.max_call_s, 86400) ELSE 0 END,
-               (SELECT max(w) FROM unnest(x.dest_cap_windows) w)))
-       AND d.at <= x.at
+     WHERE d.destination = p_dest AND d.allowed
+       AND d.at > p_at - make_interval(secs => p_window_s) AND d.at <= p_at
 $$;
 
--- The caller ID's allowed attempts: the counts in its first four cap windows and its calls
--- still up, in one index scan over the longest window (none when no such rule is on).
-CREATE FUNCTION dg_callerid_counts(x dg_decide_item)
+-- The caller ID's allowed attempts in the window (none without one): the counts in its first
+-- four cap windows and its calls still up, in one index scan.
+CREATE FUNCTION dg_callerid_counts(
+    p_caller text, p_at timestamptz, p_window_s integer, p_cap_windows integer[],
+    p_max_call_s integer)
 RETURNS TABLE (counts integer[], up integer)
 LANGUAGE sql STABLE AS $$
     SELECT ARRAY[
-               count(*) FILTER (WHERE d.at > x.at - make_interval(secs => x.cid_cap_windows[1])),
-               count(*) FILTER (WHERE d.at > x.at - make_interval(secs => x.cid_cap_windows[2])),
-               count(*) FILTER (WHERE d.at > x.at - make_interval(secs => x.cid_cap_windows[3])),
-               count(*) FILTER (WHERE d.at > x.at - make_interval(secs => x.cid_cap_windows[4]))
+               count(*) FILTER (WHERE d.at > p_at - make_interval(secs => p_cap_windows[1])),
+               count(*) FILTER (WHERE d.at > p_at - make_interval(secs => p_cap_windows[2])),
+               count(*) FILTER (WHERE d.at > p_at - make_interval(secs => p_cap_windows[3])),
+               count(*) FILTER (WHERE d.at > p_at - make_interval(secs => p_cap_windows[4]))
            ]::integer[],
            count(*) FILTER (WHERE d.outcome_at IS NULL
-                              AND d.at > x.at - make_interval(secs => x.max_call_s))::integer
+                              AND d.at > p_at - make_interval(secs => p_max_call_s))::integer
       FROM decisions d
-     WHERE d.caller_id = x.caller AND d.allowed
-       AND (cardinality(x.cid_cap_limits) > 0 OR x.cid_max_concurrent IS NOT NULL)
-       AND d.at > x.at - make_interval(secs => greatest(
-               CASE WHEN x.cid_max_concurrent IS NOT NULL THEN x.max_call_s ELSE 0 END,
-               (SELECT max(w) FROM unnest(x.cid_cap_windows) w)))
-       AND d.at <= x.at
+     WHERE d.caller_id = p_caller AND d.allowed
+       AND d.at > p_at - make_interval(secs => p_window_s) AND d.at <= p_at
 $$;
 
 -- The batch's records and, for the allowed ones, the campaigns' use of their caller IDs.
@@ -165,7 +163,6 @@ BEGIN
                bp.expires_at AS bp_expires_at,
                h.ats, h.callers, h.answered, cn.counts, cn.up
           FROM unnest(p_items) WITH ORDINALITY x
-         -- Without its row (never expected), every length is probed: slower, never wrong.
           LEFT JOIN dg_prefix_lengths pl ON true
           LEFT JOIN campaigns c ON c.name = x.campaign
           LEFT JOIN callerids k ON k.number = x.caller AND x.pre_rule IS NULL
@@ -181,36 +178,22 @@ BEGIN
                    AND (b.expires_at IS NULL OR b.expires_at > x.at)
                  ORDER BY b.campaign DESC LIMIT 1) bn ON true
           -- The longest listed prefix of the destination, probed at the lengths listed
-          -- prefixes have (of prefixes of one number the longest sorts last). The candidates
-          -- are spelled out, fifteen at most (lengths 2 to 16), the missing ones NULL, which
-          -- the index skips.
-          CROSS JOIN LATERAL (
-                SELECT coalesce(pl.lengths, '{2,3,4,5,6,7,8,9,10,11,12,13,14,15,16}') AS ls,
-                       CASE WHEN x.pre_rule IS NULL THEN x.dest END AS d) pc
+          -- prefixes have (of prefixes of one number the longest sorts last). Without the
+          -- lengths' row (never expected), every length is probed: slower, never wrong.
           LEFT JOIN LATERAL (
                 SELECT b.prefix, b.campaign, b.source, b.expires_at FROM blacklist_prefixes b
-                 WHERE b.prefix = ANY (ARRAY[
-                           CASE WHEN pc.ls[1] <= length(pc.d) THEN left(pc.d, pc.ls[1]) END,
-                           CASE WHEN pc.ls[2] <= length(pc.d) THEN left(pc.d, pc.ls[2]) END,
-                           CASE WHEN pc.ls[3] <= length(pc.d) THEN left(pc.d, pc.ls[3]) END,
-                           CASE WHEN pc.ls[4] <= length(pc.d) THEN left(pc.d, pc.ls[4]) END,
-                           CASE WHEN pc.ls[5] <= length(pc.d) THEN left(pc.d, pc.ls[5]) END,
-                           CASE WHEN pc.ls[6] <= length(pc.d) THEN left(pc.d, pc.ls[6]) END,
-                           CASE WHEN pc.ls[7] <= length(pc.d) THEN left(pc.d, pc.ls[7]) END,
-                           CASE WHEN pc.ls[8] <= length(pc.d) THEN left(pc.d, pc.ls[8]) END,
-                           CASE WHEN pc.ls[9] <= length(pc.d) THEN left(pc.d, pc.ls[9]) END,
-                           CASE WHEN pc.ls[10] <= length(pc.d) THEN left(pc.d, pc.ls[10]) END,
-                           CASE WHEN pc.ls[11] <= length(pc.d) THEN left(pc.d, pc.ls[11]) END,
-                           CASE WHEN pc.ls[12] <= length(pc.d) THEN left(pc.d, pc.ls[12]) END,
-                           CASE WHEN pc.ls[13] <= length(pc.d) THEN left(pc.d, pc.ls[13]) END,
-                           CASE WHEN pc.ls[14] <= length(pc.d) THEN left(pc.d, pc.ls[14]) END,
-                           CASE WHEN pc.ls[15] <= length(pc.d) THEN left(pc.d, pc.ls[15]) END])
+                 WHERE b.prefix = ANY (ARRAY(
+                           SELECT left(x.dest, n)
+                             FROM unnest(coalesce(pl.lengths,
+                                                  '{2,3,4,5,6,7,8,9,10,11,12,13,14,15,16}')) n
+                            WHERE n <= length(x.dest)))
                    AND b.campaign IN ('', x.campaign)
                    AND (b.expires_at IS NULL OR b.expires_at > x.at)
-                 ORDER BY b.prefix DESC LIMIT 1) bp ON true
-          LEFT JOIN LATERAL dg_destination_history(p_items[x.ordinality]) h
+                 ORDER BY b.prefix DESC LIMIT 1) bp ON x.pre_rule IS NULL
+          LEFT JOIN LATERAL dg_destination_history(x.dest, x.at, x.dest_window_s) h
                  ON x.pre_rule IS NULL AND x.hours_facts IS NULL
-          LEFT JOIN LATERAL dg_callerid_counts(p_items[x.ordinality]) cn
+          LEFT JOIN LATERAL dg_callerid_counts(
+                    x.caller, x.at, x.cid_window_s, x.cid_cap_windows, x.max_call_s) cn
                  ON x.pre_rule IS NULL AND x.hours_facts IS NULL
          ORDER BY x.ordinality
     LOOP
@@ -282,14 +265,16 @@ BEGIN
             END IF;
             IF v.dest = ANY (b_dests) THEN
                 SELECT h.ats, h.callers, h.answered INTO v_ats, v_callers, v_answered
-                  FROM dg_destination_history(v) h;
+                  FROM dg_destination_history(v.dest, v.at, v.dest_window_s) h;
             ELSE
                 v_ats := r.ats;
                 v_callers := r.callers;
                 v_answered := r.answered;
             END IF;
             IF v.caller = ANY (b_callers) THEN
-                SELECT n.counts, n.up INTO v_counts, v_up FROM dg_callerid_counts(v) n;
+                SELECT n.counts, n.up INTO v_counts, v_up
+                  FROM dg_callerid_counts(v.caller, v.at, v.cid_window_s, v.cid_cap_windows,
+                                          v.max_call_s) n;
             ELSE
                 v_counts := r.counts;
                 v_up := r.up;
