@@ -216,7 +216,21 @@ async def test_the_longest_matching_prefix_is_the_evidence(
         DecisionRequest(caller_id=CID, destination="+17182641234", at=NOON_NY, record=False)
     )
     assert decision.rule is Rule.BLACKLISTED
+    assert decision.facts["match"] == "prefix" and decision.facts["scope"] == "global"
     assert decision.facts["value"] == "+1718264" and decision.facts["source"] == "long"
+
+
+async def test_the_number_itself_is_the_evidence_before_a_listed_prefix(
+    store: BlacklistStore, decider: Decider
+) -> None:
+    await store.add_prefix("+1718264", source="prefix-list")
+    await store.add_number("+17182641234", source="number-list")
+    decision = await decider.decide(
+        DecisionRequest(caller_id=CID, destination="+17182641234", at=NOON_NY, record=False)
+    )
+    assert decision.rule is Rule.BLACKLISTED
+    assert decision.facts["match"] == "number" and decision.facts["value"] == "+17182641234"
+    assert decision.facts["source"] == "number-list" and decision.facts["expires_at"] is None
 
 
 async def test_a_campaign_entry_is_the_evidence_when_both_scopes_list_a_number(

@@ -157,10 +157,15 @@ BEGIN
                k.number IS NOT NULL AS cid_found, k.state AS cid_state, k.reason AS cid_reason,
                k.campaign AS cid_campaign, k.changed_at AS cid_changed_at,
                cc.last_used_at AS cid_last_used_at,
-               bn.campaign AS bn_campaign, bn.source AS bn_source,
-               bn.expires_at AS bn_expires_at,
-               bp.prefix AS bp_prefix, bp.campaign AS bp_campaign, bp.source AS bp_source,
-               bp.expires_at AS bp_expires_at,
+               -- The destination's own entry first, else its longest listed prefix.
+               CASE WHEN bn.source IS NOT NULL THEN 'number'
+                    WHEN bp.prefix IS NOT NULL THEN 'prefix' END AS bl_match,
+               CASE WHEN bn.source IS NOT NULL THEN x.dest ELSE bp.prefix END AS bl_value,
+               CASE WHEN bn.source IS NOT NULL THEN bn.campaign ELSE bp.campaign END
+                   AS bl_campaign,
+               CASE WHEN bn.source IS NOT NULL THEN bn.source ELSE bp.source END AS bl_source,
+               CASE WHEN bn.source IS NOT NULL THEN bn.expires_at ELSE bp.expires_at END
+                   AS bl_expires_at,
                h.ats, h.callers, h.answered, cn.counts, cn.up
           FROM unnest(p_items) WITH ORDINALITY x
           LEFT JOIN dg_prefix_lengths pl ON true
@@ -234,18 +239,11 @@ BEGIN
                                           'since', r.paused_at);
         END IF;
 
-        IF v_rule IS NULL AND r.bn_source IS NOT NULL THEN
+        IF v_rule IS NULL AND r.bl_match IS NOT NULL THEN
             v_rule := 'blacklisted';
-            v_facts := jsonb_build_object('match', 'number', 'value', v.dest,
-                'scope', CASE WHEN r.bn_campaign = '' THEN 'global' ELSE 'campaign' END,
-                'source', r.bn_source, 'expires_at', r.bn_expires_at);
-        END IF;
-
-        IF v_rule IS NULL AND r.bp_prefix IS NOT NULL THEN
-            v_rule := 'blacklisted';
-            v_facts := jsonb_build_object('match', 'prefix', 'value', r.bp_prefix,
-                'scope', CASE WHEN r.bp_campaign = '' THEN 'global' ELSE 'campaign' END,
-                'source', r.bp_source, 'expires_at', r.bp_expires_at);
+            v_facts := jsonb_build_object('match', r.bl_match, 'value', r.bl_value,
+                'scope', CASE WHEN r.bl_campaign = '' THEN 'global' ELSE 'campaign' END,
+                'source', r.bl_source, 'expires_at', r.bl_expires_at);
         END IF;
 
         IF v_rule IS NULL AND v.hours_facts IS NOT NULL THEN
