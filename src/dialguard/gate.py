@@ -221,7 +221,9 @@ class Gate:
         except AriError as exc:
             log.error("channel %s: ARI refused the command: %s", channel.id, exc)
         except Exception:
-            log.exception("channel %s: deciding failed", channel.id)
+            # A compliance gate that cannot decide does not let the call through.
+            log.exception("channel %s: deciding failed; hanging up", channel.id)
+            await self._hang_up(channel)
         finally:
             self._deciding.discard(channel.id)
 
@@ -288,8 +290,14 @@ class Gate:
         )
         if self._metrics is not None:
             self._metrics.dialplan_misconfigured()
+        await self._hang_up(channel)
+
+    async def _hang_up(self, channel: Channel) -> None:
+        """Fail closed: hang the channel up with the deny cause, whatever went wrong before."""
         try:
             await self._ari.hangup(channel.id, reason_code=self._config.deny_cause)
+        except (ChannelGone, NotInStasis):
+            log.info("channel %s left before it could be hung up", channel.id)
         except AriError as hangup_error:
             log.error("channel %s: hang-up failed too: %s", channel.id, hangup_error)
 

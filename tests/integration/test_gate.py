@@ -213,6 +213,30 @@ async def test_missing_allow_label_is_reported_and_the_call_fails_closed(
         assert value == 1.0
 
 
+async def test_a_call_that_cannot_be_decided_is_hung_up(
+    pool: asyncpg.Pool,
+    fake: FakeAsterisk,
+    tmp_path: Path,
+    registered: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with running_service(pool, fake, tmp_path) as svc:
+
+        async def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("a bug in deciding")
+
+        monkeypatch.setattr(svc.decider, "decide", broken)
+        call = await fake.originate_outbound("2122641234", CALLER)
+        stasis = _stasis_id(call)
+        hangups = await fake.wait_for(
+            lambda: [
+                r for r in fake.requests if r.method == "DELETE" and r.path == f"/channels/{stasis}"
+            ]
+        )
+        assert hangups[0].query == {"reason_code": "21"}
+        assert not [r for r in fake.requests if r.path == f"/channels/{stasis}/continue"]
+
+
 async def test_application_replaced_marks_the_instance_not_ready(
     pool: asyncpg.Pool, fake: FakeAsterisk, tmp_path: Path
 ) -> None:

@@ -65,11 +65,21 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asy
 
 @asynccontextmanager
 async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection, with driver failures translated."""
+    """A pooled connection, with driver failures translated.
+
+    When the driver loses track of a connection's state (asyncpg's ``InternalClientError``: seen
+    when the server shuts down while a statement is being prepared, or when a migration changed
+    a type the connection had cached), the connection is closed, so the pool replaces it, and
+    the caller sees the database as unavailable.
+    """
     try:
         async with pool.acquire() as conn:
-            yield conn
-    except UNAVAILABLE_ERRORS as exc:
+            try:
+                yield conn
+            except asyncpg.exceptions.InternalClientError:
+                conn.terminate()
+                raise
+    except (*UNAVAILABLE_ERRORS, asyncpg.exceptions.InternalClientError) as exc:
         raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
 
 
