@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 
 from dialguard.store.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # Failures that mean "the database is not there", as opposed to a bug in a query.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -80,13 +79,6 @@ async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
                 conn.terminate()
                 raise
     except (*UNAVAILABLE_ERRORS, asyncpg.exceptions.InternalClientError) as exc:
-        raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
-
-
-async def guarded(call: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await call()
-    except UNAVAILABLE_ERRORS as exc:
         raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
 
 
