@@ -1,0 +1,66 @@
+"""The look-back windows a decision hands the database: long enough for every rule that is on."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from dialguard.store.decisions import DecideParams
+
+OFF = DecideParams(
+    at=datetime(2026, 3, 10, 15, tzinfo=UTC),
+    caller_id="+12125550100",
+    destination="+12122641234",
+    campaign="default",
+    campaign_version=0,
+    record=True,
+    source="test",
+    channel_id=None,
+    pre_rule=None,
+    pre_facts=None,
+    hours_facts=None,
+    require_registered=False,
+    cooldown_s=None,
+    conversation_min_s=None,
+    interval_s=None,
+    dest_cap_limits=[],
+    dest_cap_windows=[],
+    rotation_limit=None,
+    rotation_window_s=None,
+    campaign_rotation_limit=None,
+    cid_cap_limits=[],
+    cid_cap_windows=[],
+    cid_max_concurrent=None,
+    max_call_s=7200,
+)
+
+
+def test_with_every_rule_off_no_history_is_read() -> None:
+    assert OFF.destination_window_s == 0
+    assert OFF.callerid_window_s is None
+
+
+def test_the_destination_window_is_the_longest_rule_that_is_on() -> None:
+    p = replace(OFF, interval_s=14400, dest_cap_limits=[3, 7], dest_cap_windows=[86400, 604800])
+    assert p.destination_window_s == 604800
+    assert replace(p, rotation_window_s=2592000).destination_window_s == 2592000
+
+
+def test_a_cooldown_reaches_back_over_the_longest_call_before_it() -> None:
+    # A conversation that ended inside the cool-down may have begun a whole call earlier, and
+    # calls are taken to last up to a day at least.
+    p = replace(OFF, cooldown_s=604800, conversation_min_s=30)
+    assert p.destination_window_s == 604800 + 86400
+    assert replace(p, max_call_s=172800).destination_window_s == 604800 + 172800
+    # A cool-down without its minimum conversation is off.
+    assert replace(OFF, cooldown_s=604800).destination_window_s == 0
+
+
+def test_the_caller_id_window_covers_its_caps_and_its_calls_still_up() -> None:
+    assert replace(OFF, cid_max_concurrent=10).callerid_window_s == 7200
+    caps = replace(OFF, cid_cap_limits=[5, 60], cid_cap_windows=[60, 3600])
+    assert caps.callerid_window_s == 3600
+    assert replace(caps, cid_max_concurrent=10).callerid_window_s == 7200
+    assert replace(caps, cid_cap_windows=[60, 86400], cid_max_concurrent=10).callerid_window_s == (
+        86400
+    )
