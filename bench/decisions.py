@@ -72,6 +72,7 @@ from common import (
     with_database,
 )
 from dialguard.decider import Decider, NumberPolicy
+from dialguard.gc_pauses import freeze_startup_objects
 from dialguard.metrics import Metrics
 from dialguard.policy.model import DecisionRequest
 from dialguard.store.campaigns import CampaignStore
@@ -179,6 +180,9 @@ async def run_decider(
         )
         await warm_profiles(decider, clients)
         await drive(decider, clients, warmup, rng)
+        # As `dialguard serve` does once it is up: what start-up made is frozen out of the
+        # garbage collector, so its full collections do not walk it again and again.
+        freeze_startup_objects()
         first = await end_calls(pool, None)
         load_before = load_average()
         busy0, total0 = cpu_busy()
