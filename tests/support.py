@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -10,7 +10,7 @@ import asyncpg
 from dialguard.decider import Decider, NumberPolicy
 from dialguard.policy.profile import builtin_raw
 from dialguard.store.campaigns import CampaignStore
-from dialguard.store.decisions import DecisionStore
+from dialguard.store.decisions import DecideParams, DecisionStore
 
 
 class BuiltinProfiles:
@@ -40,3 +40,34 @@ def make_decider(pool: asyncpg.Pool, profiles: BuiltinProfiles | None = None, **
 
 # 15:00 UTC = 10:00 in New York: inside the default calling hours for US numbers.
 NOON_NY = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
+
+
+def params_all_off(destination: str = "+12122641234", seconds: int = 0) -> DecideParams:
+    """A recorded decision at noon in New York (plus ``seconds``) with every limit off, for a
+    campaign never set."""
+    return DecideParams(
+        at=NOON_NY + timedelta(seconds=seconds),
+        caller_id="+12125550100",
+        destination=destination,
+        campaign="default",
+        campaign_version=0,
+        record=True,
+        source="test",
+        channel_id=None,
+        pre_rule=None,
+        pre_facts=None,
+        hours_facts=None,
+        require_registered=False,
+        cooldown_s=None,
+        conversation_min_s=None,
+        interval_s=None,
+        dest_cap_limits=[],
+        dest_cap_windows=[],
+        rotation_limit=None,
+        rotation_window_s=None,
+        campaign_rotation_limit=None,
+        cid_cap_limits=[],
+        cid_cap_windows=[],
+        cid_max_concurrent=None,
+        max_call_s=7200,
+    )

@@ -11,7 +11,7 @@ import pytest
 from dialguard.blacklist_csv import StageRow, read_rows
 from dialguard.decider import Decider
 from dialguard.policy.codes import Rule
-from dialguard.policy.model import DecisionRequest
+from dialguard.policy.model import Decision, DecisionRequest
 from dialguard.store.blacklist import GLOBAL, BlacklistStore, number_key
 from dialguard.store.callerids import CallerIdStore
 from tests.support import NOON_NY, make_decider
@@ -207,30 +207,47 @@ async def test_an_expired_entry_still_exists_until_removed(store: BlacklistStore
     assert row is not None and row["expires_at"] == past
 
 
-async def test_the_longest_matching_prefix_is_the_evidence(
-    store: BlacklistStore, decider: Decider
-) -> None:
-    await store.add_prefix("+1718", source="short")
-    await store.add_prefix("+1718264", source="long")
-    decision = await decider.decide(
-        DecisionRequest(caller_id=CID, destination="+17182641234", at=NOON_NY, record=False)
+async def checked(decider: Decider, destination: str, campaign: str | None = None) -> Decision:
+    """A call to ``destination`` at noon in New York, checked and not recorded."""
+    return await decider.decide(
+        DecisionRequest(
+            caller_id=CID, destination=destination, campaign=campaign, at=NOON_NY, record=False
+        )
     )
-    assert decision.rule is Rule.BLACKLISTED
-    assert decision.facts["match"] == "prefix" and decision.facts["scope"] == "global"
-    assert decision.facts["value"] == "+1718264" and decision.facts["source"] == "long"
 
 
-async def test_the_number_itself_is_the_evidence_before_a_listed_prefix(
-    store: BlacklistStore, decider: Decider
+@pytest.mark.parametrize(
+    ("prefixes", "numbers", "evidence"),
+    [
+        pytest.param(
+            [("+1718", "short"), ("+1718264", "long")],
+            [],
+            {"match": "prefix", "value": "+1718264", "scope": "global", "source": "long"},
+            id="the longest listed prefix",
+        ),
+        pytest.param(
+            [("+1718264", "prefix-list")],
+            [("+17182641234", "number-list")],
+            {"match": "number", "value": "+17182641234", "source": "number-list"},
+            id="the number itself before a listed prefix",
+        ),
+    ],
+)
+async def test_the_evidence_is_the_closest_entry(
+    store: BlacklistStore,
+    decider: Decider,
+    prefixes: list[tuple[str, str]],
+    numbers: list[tuple[str, str]],
+    evidence: dict[str, str],
 ) -> None:
-    await store.add_prefix("+1718264", source="prefix-list")
-    await store.add_number("+17182641234", source="number-list")
-    decision = await decider.decide(
-        DecisionRequest(caller_id=CID, destination="+17182641234", at=NOON_NY, record=False)
-    )
+    for prefix, source in prefixes:
+        await store.add_prefix(prefix, source=source)
+    for number, source in numbers:
+        await store.add_number(number, source=source)
+    decision = await checked(decider, "+17182641234")
     assert decision.rule is Rule.BLACKLISTED
-    assert decision.facts["match"] == "number" and decision.facts["value"] == "+17182641234"
-    assert decision.facts["source"] == "number-list" and decision.facts["expires_at"] is None
+    assert {key: decision.facts[key] for key in evidence} == evidence
+    assert decision.facts["expires_at"] is None
 
 
 async def test_a_campaign_entry_is_the_evidence_when_both_scopes_list_a_number(
@@ -238,11 +255,7 @@ async def test_a_campaign_entry_is_the_evidence_when_both_scopes_list_a_number(
 ) -> None:
     await store.add_number("+12122641234", source="global-list")
     await store.add_number("+12122641234", campaign="spring", source="spring-list")
-    decision = await decider.decide(
-        DecisionRequest(
-            caller_id=CID, destination="+12122641234", campaign="spring", at=NOON_NY, record=False
-        )
-    )
+    decision = await checked(decider, "+12122641234", campaign="spring")
     assert decision.facts["scope"] == "campaign" and decision.facts["source"] == "spring-list"
     assert "campaign blacklist (source spring-list)" in decision.evidence
 

@@ -16,8 +16,8 @@ from dialguard.policy.model import DecisionRequest
 from dialguard.store.blacklist import BlacklistStore
 from dialguard.store.callerids import CallerIdStore
 from dialguard.store.connection import create_pool
-from dialguard.store.decisions import DecideParams, DecisionStore, OutcomeRecorded
-from tests.support import NOON_NY, BuiltinProfiles, make_decider
+from dialguard.store.decisions import DecisionStore, OutcomeRecorded
+from tests.support import NOON_NY, BuiltinProfiles, make_decider, params_all_off
 
 
 def decider_on(
@@ -124,44 +124,18 @@ async def test_a_batch_counts_the_caller_ids_its_earlier_items_brought_to_the_ca
     assert decided[2].facts == {"used": 2, "limit": 2, "window_s": 86400}
 
 
-def params(destination: str, seconds: int) -> DecideParams:
-    """A recorded decision with every limit off, for a campaign never set."""
-    return DecideParams(
-        at=NOON_NY + timedelta(seconds=seconds),
-        caller_id="+12125550100",
-        destination=destination,
-        campaign="default",
-        campaign_version=0,
-        record=True,
-        source="test",
-        channel_id=None,
-        pre_rule=None,
-        pre_facts=None,
-        hours_facts=None,
-        require_registered=False,
-        cooldown_s=None,
-        conversation_min_s=None,
-        interval_s=None,
-        dest_cap_limits=[],
-        dest_cap_windows=[],
-        rotation_limit=None,
-        rotation_window_s=None,
-        campaign_rotation_limit=None,
-        cid_cap_limits=[],
-        cid_cap_windows=[],
-        cid_max_concurrent=None,
-        max_call_s=7200,
-    )
-
-
 async def test_an_item_the_database_rejects_fails_alone_and_the_rest_are_decided(
     pool: asyncpg.Pool,
 ) -> None:
     store = DecisionStore(pool, batches=1)
-    first = asyncio.create_task(store.decide(params("+12122640001", 0)))
+    first = asyncio.create_task(store.decide(params_all_off("+12122640001", 0)))
     await asyncio.sleep(0)
     # A destination the decider would never send: its bigint key cannot be read.
-    items = [params("+12122640002", 1), params("+1212x", 2), params("+12122640003", 3)]
+    items = [
+        params_all_off("+12122640002", 1),
+        params_all_off("+1212x", 2),
+        params_all_off("+12122640003", 3),
+    ]
     rest = await asyncio.gather(*(store.decide(p) for p in items), return_exceptions=True)
     assert (await first).rule is None
     assert store.batch_sizes == {1: 1, 3: 1}

@@ -70,6 +70,13 @@ def _stasis_id(call: Call) -> str:
     return call.stasis.id
 
 
+def hangups_of(fake: FakeAsterisk, channel_id: str) -> list[Any]:
+    """The hang-up requests the gate sent for a channel, first first."""
+    return [
+        r for r in fake.requests if r.method == "DELETE" and r.path == f"/channels/{channel_id}"
+    ]
+
+
 def vars_set(fake: FakeAsterisk, channel_id: str) -> dict[str, str]:
     return {
         r.query["variable"]: r.query.get("value", "")
@@ -114,11 +121,7 @@ async def test_denied_call_is_hung_up_with_cause_21_and_rule_variable(
     async with running_service(pool, fake, tmp_path):
         call = await fake.originate_outbound("2122641234", CALLER)
         stasis = _stasis_id(call)
-        hangups = await fake.wait_for(
-            lambda: [
-                r for r in fake.requests if r.method == "DELETE" and r.path == f"/channels/{stasis}"
-            ]
-        )
+        hangups = await fake.wait_for(lambda: hangups_of(fake, stasis))
         assert hangups[0].query == {"reason_code": "21"}
         assert vars_set(fake, stasis) == {
             "DIALGUARD_DECISION": "deny",
@@ -203,11 +206,7 @@ async def test_missing_allow_label_is_reported_and_the_call_fails_closed(
     async with running_service(pool, fake, tmp_path, DIALGUARD_GATE_ALLOW_LABEL="alowed") as svc:
         call = await fake.originate_outbound("2122641234", CALLER)
         stasis = _stasis_id(call)
-        hangups = await fake.wait_for(
-            lambda: [
-                r for r in fake.requests if r.method == "DELETE" and r.path == f"/channels/{stasis}"
-            ]
-        )
+        hangups = await fake.wait_for(lambda: hangups_of(fake, stasis))
         assert hangups[0].query == {"reason_code": "21"}
         value = svc.registry.get_sample_value("dialguard_dialplan_misconfigured_total")
         assert value == 1.0
@@ -228,11 +227,7 @@ async def test_a_call_that_cannot_be_decided_is_hung_up(
         monkeypatch.setattr(svc.decider, "decide", broken)
         call = await fake.originate_outbound("2122641234", CALLER)
         stasis = _stasis_id(call)
-        hangups = await fake.wait_for(
-            lambda: [
-                r for r in fake.requests if r.method == "DELETE" and r.path == f"/channels/{stasis}"
-            ]
-        )
+        hangups = await fake.wait_for(lambda: hangups_of(fake, stasis))
         assert hangups[0].query == {"reason_code": "21"}
         assert not [r for r in fake.requests if r.path == f"/channels/{stasis}/continue"]
 

@@ -3,36 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
 
-from dialguard.store.decisions import DecideParams
+from tests.support import params_all_off
 
-OFF = DecideParams(
-    at=datetime(2026, 3, 10, 15, tzinfo=UTC),
-    caller_id="+12125550100",
-    destination="+12122641234",
-    campaign="default",
-    campaign_version=0,
-    record=True,
-    source="test",
-    channel_id=None,
-    pre_rule=None,
-    pre_facts=None,
-    hours_facts=None,
-    require_registered=False,
-    cooldown_s=None,
-    conversation_min_s=None,
-    interval_s=None,
-    dest_cap_limits=[],
-    dest_cap_windows=[],
-    rotation_limit=None,
-    rotation_window_s=None,
-    campaign_rotation_limit=None,
-    cid_cap_limits=[],
-    cid_cap_windows=[],
-    cid_max_concurrent=None,
-    max_call_s=7200,
-)
+OFF = params_all_off()
 
 
 def test_with_every_rule_off_no_history_is_read() -> None:
