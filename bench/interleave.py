@@ -58,7 +58,8 @@ async def rename(url: str, old: str, new: str) -> None:
         await conn.execute(f'ALTER DATABASE "{old}" RENAME TO "{new}"')
 
 
-async def copy_as(url: str, name: str) -> None:
+async def set_aside_as(url: str, name: str) -> None:
+    """Rename the data set just built to ``name``, replacing any older one of that name."""
     async with admin_connection(url) as conn:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.execute(f'ALTER DATABASE "{BENCH_DB}" RENAME TO "{name}"')
@@ -135,9 +136,9 @@ def main() -> None:
         try:
             print(f"building the data set of {args.old} and of the working tree", flush=True)
             run(old_tree, "dataset.py", url)
-            asyncio.run(copy_as(url, OLD_DB))
+            asyncio.run(set_aside_as(url, OLD_DB))
             run(ROOT, "dataset.py", url)
-            asyncio.run(copy_as(url, NEW_DB))
+            asyncio.run(set_aside_as(url, NEW_DB))
             print("| round | version | decisions/s | p99 ms | client µs | server µs |")
             print("|---:|---|---:|---:|---:|---:|")
             for n in range(1, args.rounds + 1):
