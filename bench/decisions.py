@@ -247,16 +247,20 @@ def sql_literal(value: Any, sql_type: str) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return "'{" + ",".join(str(int(v)) for v in value) + "}'::" + sql_type
     if isinstance(value, dict):
         return "'" + json.dumps(value).replace("'", "''") + "'::jsonb"
     return "'" + str(value).replace("'", "''") + "'::" + sql_type
 
 
-# The SQL types of a dg_decide_item's fields (DecideParams.batch_item()), in order.
-ITEM_TYPES = [
+# The SQL types of a dg_decide_attempt's fields (DecideParams.attempt()), in order, and of a
+# dg_decide_rules' (DecideRules.row()).
+ATTEMPT_TYPES = [
     "timestamptz", "text", "text", "text", "integer", "text", "text", "text", "text", "text",
+    "integer",
+]  # fmt: skip
+RULES_TYPES = [
     "boolean", "integer", "integer", "integer", "integer[]", "integer[]", "integer", "integer",
     "integer", "integer[]", "integer[]", "integer", "integer", "integer", "integer",
 ]  # fmt: skip
@@ -273,7 +277,7 @@ def pgbench_script(params: DecideParams, campaign_version: int, batch: int = 1) 
     fresh_first = 12010000000 + 2_000_000
     for n in range(batch):
         v = "" if batch == 1 else str(n)
-        item = [sql_literal(x, t) for x, t in zip(params.batch_item(), ITEM_TYPES, strict=True)]
+        item = [sql_literal(x, t) for x, t in zip(params.attempt(1), ATTEMPT_TYPES, strict=True)]
         item[0] = "now()"
         item[1] = f"'+' || :cid{v}"
         item[2] = f"'+' || :dest{v}"
@@ -296,8 +300,15 @@ def pgbench_script(params: DecideParams, campaign_version: int, batch: int = 1) 
             f" + :f{v} % {FRESH_SPAN}",
             "\\endif",
         ]
-    items = ["ROW(" + ", ".join(item) + ")::dg_decide_item" for item in calls]
-    lines.append("SELECT * FROM dg_decide_batch(ARRAY[" + ", ".join(items) + "]);")
+    items = ["ROW(" + ", ".join(item) + ")::dg_decide_attempt" for item in calls]
+    rules = [sql_literal(x, t) for x, t in zip(params.rules.row(), RULES_TYPES, strict=True)]
+    lines.append(
+        "SELECT * FROM dg_decide_batch(ARRAY["
+        + ", ".join(items)
+        + "], ARRAY[ROW("
+        + ", ".join(rules)
+        + ")::dg_decide_rules]);"
+    )
     return "\n".join([*lines, ""])
 
 

@@ -1,5 +1,5 @@
-"""Where one decision (a dg_decide_batch of one) spends its time, statement by statement, under
-each plan-cache mode.
+"""Where a decision transaction (a dg_decide_batch of one, or of ``--batch``) spends its time,
+statement by statement, under each plan-cache mode.
 
 Needs a server with ``pg_stat_statements`` preloaded (``track = all``, ``track_planning = on``);
 pgserver's build has no contrib modules, so run it against a stock PostgreSQL holding the data set
@@ -8,8 +8,9 @@ pgserver's build has no contrib modules, so run it against a stock PostgreSQL ho
     .venv/bin/python bench/statement_stats.py --database postgresql://postgres@/postgres?host=DIR
 
 For each ``plan_cache_mode`` it runs the pgbench decision script (the same one bench/decisions.py
-uses) with one client for ``--seconds``, then lists every statement inside dg_decide_batch with its
-calls, how many times it was planned, and mean planning and execution time.
+uses, ``--batch`` decisions a transaction) with one client for ``--seconds``, then lists every
+statement inside dg_decide_batch with its calls, how many times it was planned, and mean planning
+and execution time.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from dialguard.store.connection import create_pool
 MODES = ("auto", "force_custom_plan", "force_generic_plan")
 
 
-async def decide_params_script(dsn: str) -> str:
+async def decide_params_script(dsn: str, batch: int) -> str:
     pool = await create_pool(dsn, min_size=1, max_size=1)
     try:
         store = CapturingStore(pool)
@@ -71,12 +72,12 @@ async def decide_params_script(dsn: str) -> str:
     finally:
         await pool.close()
     assert store.first is not None
-    return pgbench_script(store.first, version)
+    return pgbench_script(store.first, version, batch)
 
 
 async def run(args: argparse.Namespace, admin_url: str) -> None:
     dsn = with_database(admin_url, BENCH_DB)
-    script = await decide_params_script(dsn)
+    script = await decide_params_script(dsn, args.batch)
     target = LibpqTarget.from_url(admin_url)
     with tempfile.TemporaryDirectory(prefix="dialguard-stmt-") as tmp:
         path = Path(tmp) / "decide.sql"
@@ -135,6 +136,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     add_server_arguments(parser)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument(
+        "--batch", type=int, default=1, help="decisions a transaction (dg_decide_batch items)"
+    )
     parser.add_argument(
         "--modes", type=lambda s: s.split(","), default=list(MODES), help="plan_cache_mode values"
     )

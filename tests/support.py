@@ -10,7 +10,7 @@ import asyncpg
 from dialguard.decider import Decider, NumberPolicy
 from dialguard.policy.profile import builtin_raw
 from dialguard.store.campaigns import CampaignStore
-from dialguard.store.decisions import DecideParams, DecisionStore
+from dialguard.store.decisions import DecideParams, DecideRules, DecisionStore
 
 
 class BuiltinProfiles:
@@ -42,6 +42,24 @@ def make_decider(pool: asyncpg.Pool, profiles: BuiltinProfiles | None = None, **
 NOON_NY = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
 
 
+# Every limit off.
+RULES_ALL_OFF = DecideRules(
+    require_registered=False,
+    cooldown_s=None,
+    conversation_min_s=None,
+    interval_s=None,
+    dest_cap_limits=(),
+    dest_cap_windows=(),
+    rotation_limit=None,
+    rotation_window_s=None,
+    campaign_rotation_limit=None,
+    cid_cap_limits=(),
+    cid_cap_windows=(),
+    cid_max_concurrent=None,
+    max_call_s=7200,
+)
+
+
 def params_all_off(destination: str = "+12122641234", seconds: int = 0) -> DecideParams:
     """A recorded decision at noon in New York (plus ``seconds``) with every limit off, for a
     campaign never set."""
@@ -57,17 +75,5 @@ def params_all_off(destination: str = "+12122641234", seconds: int = 0) -> Decid
         pre_rule=None,
         pre_facts=None,
         hours_facts=None,
-        require_registered=False,
-        cooldown_s=None,
-        conversation_min_s=None,
-        interval_s=None,
-        dest_cap_limits=[],
-        dest_cap_windows=[],
-        rotation_limit=None,
-        rotation_window_s=None,
-        campaign_rotation_limit=None,
-        cid_cap_limits=[],
-        cid_cap_windows=[],
-        cid_max_concurrent=None,
-        max_call_s=7200,
+        rules=RULES_ALL_OFF,
     )

@@ -22,7 +22,7 @@ from dialguard.policy.evidence import callable_at, explain
 from dialguard.policy.model import Decision, DecisionRequest, Facts
 from dialguard.policy.profile import Profile, ProfileError, build_profile
 from dialguard.store.campaigns import CampaignStore
-from dialguard.store.decisions import DecideParams, DecideResult, DecisionStore
+from dialguard.store.decisions import DecideParams, DecideResult, DecideRules, DecisionStore
 from dialguard.store.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,8 @@ class Decider:
         self._fail_mode = fail_mode
         self._spool = spool
         self._clock = clock
-        self._cache: dict[str, tuple[int, Profile]] = {}
+        # Per campaign: its version, its profile, and the profile's rules as decisions send them.
+        self._cache: dict[str, tuple[int, Profile, DecideRules]] = {}
         # E.164 input (and national numbers of the North American plan) is classified once per
         # number block, exactly as numbers.py answers, so a decision does not pay a full
         # phonenumbers parse of the destination and caller ID; other input is parsed alone.
@@ -151,6 +152,10 @@ class Decider:
         )
 
     async def profile_for(self, campaign: str) -> tuple[int, Profile]:
+        version, profile, _ = await self._cached(campaign)
+        return version, profile
+
+    async def _cached(self, campaign: str) -> tuple[int, Profile, DecideRules]:
         cached = self._cache.get(campaign)
         if cached is not None:
             return cached
@@ -173,9 +178,9 @@ class Decider:
         caller: str | None,
     ) -> DecideResult:
         for _ in range(3):
-            version, profile = await self.profile_for(campaign)
+            version, profile, rules = await self._cached(campaign)
             params = self._params(
-                request, campaign, at, destination, zones, caller, version, profile
+                request, campaign, at, destination, zones, caller, version, profile, rules
             )
             result = await self._decisions.decide(params)
             if not result.stale:
@@ -184,7 +189,7 @@ class Decider:
             self._cache.pop(campaign, None)
         raise StoreUnavailable(f"campaign {campaign} keeps changing; could not decide")
 
-    async def _load_profile(self, campaign: str) -> tuple[int, Profile]:
+    async def _load_profile(self, campaign: str) -> tuple[int, Profile, DecideRules]:
         row = await self._campaigns.get(campaign)
         version = 0 if row is None else int(row["version"])
         name = "default" if row is None else str(row["profile"])
@@ -200,8 +205,8 @@ class Decider:
                 "campaign %s has invalid overrides (%s); using its profile alone", campaign, exc
             )
             profile = build_profile(raw, {}, where=f"profiles.{name}")
-        self._cache[campaign] = (version, profile)
-        return version, profile
+        cached = self._cache[campaign] = (version, profile, decide_rules(profile))
+        return cached
 
     def _params(
         self,
@@ -213,6 +218,7 @@ class Decider:
         caller: str | None,
         version: int,
         profile: Profile,
+        rules: DecideRules,
     ) -> DecideParams:
         pre = precheck(
             destination=destination,
@@ -223,8 +229,6 @@ class Decider:
             profile=profile,
             at=at,
         )
-        cooldown_on = profile.conversation_cooldown is not None
-        rotation = profile.rotation_per_destination
         return DecideParams(
             at=at,
             caller_id=caller or request.caller_id,
@@ -237,19 +241,7 @@ class Decider:
             pre_rule=pre.rule.value if pre.rule else None,
             pre_facts=pre.facts,
             hours_facts=pre.hours_facts,
-            require_registered=profile.require_registered_callerid,
-            cooldown_s=profile.conversation_cooldown,
-            conversation_min_s=profile.conversation_min_seconds if cooldown_on else None,
-            interval_s=profile.destination_min_interval,
-            dest_cap_limits=[w.limit for w in profile.destination_caps],
-            dest_cap_windows=[w.seconds for w in profile.destination_caps],
-            rotation_limit=rotation.limit if rotation else None,
-            rotation_window_s=rotation.seconds if rotation else None,
-            campaign_rotation_limit=profile.campaign_callerids_per_day,
-            cid_cap_limits=[w.limit for w in profile.callerid_caps],
-            cid_cap_windows=[w.seconds for w in profile.callerid_caps],
-            cid_max_concurrent=profile.callerid_max_concurrent,
-            max_call_s=profile.max_call_duration,
+            rules=rules,
         )
 
     def _undecidable(
@@ -286,3 +278,24 @@ class Decider:
         return Decision(
             Verdict.DENY, Rule.STORE_UNAVAILABLE, explain(Rule.STORE_UNAVAILABLE, facts), **common
         )
+
+
+def decide_rules(profile: Profile) -> DecideRules:
+    """A profile's limits as decisions send them."""
+    cooldown_on = profile.conversation_cooldown is not None
+    rotation = profile.rotation_per_destination
+    return DecideRules(
+        require_registered=profile.require_registered_callerid,
+        cooldown_s=profile.conversation_cooldown,
+        conversation_min_s=profile.conversation_min_seconds if cooldown_on else None,
+        interval_s=profile.destination_min_interval,
+        dest_cap_limits=tuple(w.limit for w in profile.destination_caps),
+        dest_cap_windows=tuple(w.seconds for w in profile.destination_caps),
+        rotation_limit=rotation.limit if rotation else None,
+        rotation_window_s=rotation.seconds if rotation else None,
+        campaign_rotation_limit=profile.campaign_callerids_per_day,
+        cid_cap_limits=tuple(w.limit for w in profile.callerid_caps),
+        cid_cap_windows=tuple(w.seconds for w in profile.callerid_caps),
+        cid_max_concurrent=profile.callerid_max_concurrent,
+        max_call_s=profile.max_call_duration,
+    )

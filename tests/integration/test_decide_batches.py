@@ -15,6 +15,7 @@ from dialguard.policy.codes import Rule
 from dialguard.policy.model import DecisionRequest
 from dialguard.store.blacklist import BlacklistStore
 from dialguard.store.callerids import CallerIdStore
+from dialguard.store.campaigns import CampaignStore
 from dialguard.store.connection import create_pool
 from dialguard.store.decisions import DecisionStore, OutcomeRecorded
 from tests.support import NOON_NY, BuiltinProfiles, make_decider, params_all_off
@@ -93,6 +94,45 @@ async def test_a_batch_decides_as_the_same_calls_one_after_another(pool: asyncpg
     # Every decision is recorded, with its own id, in arrival order.
     ids = [d.decision_id or 0 for d in together]
     assert all(ids) and ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+async def test_each_item_of_a_batch_is_judged_by_its_own_campaign_s_rules(
+    pool: asyncpg.Pool,
+) -> None:
+    """A batch sends each profile's rules once; items of two campaigns, one allowing a caller
+    ID a call a minute and one not counting at all, go together and keep their own limits."""
+    caller = "+12125550100"
+    await CallerIdStore(pool).add(caller, None)
+    await CampaignStore(pool).set("strict", "default", {"callerid_caps": ["1/1m"]})
+    await CampaignStore(pool).set("loose", "default", {"callerid_caps": []})
+    store = DecisionStore(pool, batches=1)
+    decider = decider_on(pool, 1, BuiltinProfiles(callerid_max_concurrent="off"), store)
+    for campaign in ("strict", "loose"):
+        await decider.profile_for(campaign)
+
+    def call(campaign: str, n: int) -> DecisionRequest:
+        return DecisionRequest(
+            caller_id=caller,
+            destination=f"+121226400{n:02d}",
+            campaign=campaign,
+            at=NOON_NY + timedelta(seconds=n),
+        )
+
+    first = asyncio.create_task(decider.decide(call("strict", 0)))
+    await asyncio.sleep(0)
+    campaigns = ["loose", "strict", "loose", "strict", "loose"]
+    rest = await asyncio.gather(*(decider.decide(call(c, n)) for n, c in enumerate(campaigns, 1)))
+    assert (await first).rule is None
+    assert store.batch_sizes == {1: 1, 5: 1}
+    # The strict campaign's caller ID has made its call this minute; the loose one counts none.
+    assert [d.rule for d in rest] == [
+        None,
+        Rule.CALLERID_RATE,
+        None,
+        Rule.CALLERID_RATE,
+        None,
+    ]
+    assert rest[1].facts["limit"] == 1
 
 
 async def test_a_batch_counts_the_caller_ids_its_earlier_items_brought_to_the_campaign(

@@ -209,9 +209,10 @@ async def test_parked_channel_decided_before_a_crash_gets_that_decision_not_a_ne
     call = await park_call_of_a_crashed_instance(fake)
     # The crashed instance had recorded its allow for this channel before dying.
     from dialguard.policy.model import DecisionRequest
-    from tests.support import make_decider
+    from tests.support import BuiltinProfiles, make_decider
 
-    decided = await make_decider(pool, None).decide(
+    # Calling hours open all day: the decision is made at the wall clock's time.
+    decided = await make_decider(pool, BuiltinProfiles(calling_hours="00:00-24:00")).decide(
         DecisionRequest(
             caller_id="+12125550100", destination="+12122641234", channel_id=_stasis_id(call)
         )

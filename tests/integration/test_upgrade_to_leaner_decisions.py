@@ -1,5 +1,5 @@
-"""Upgrading a database that already holds data through migrations 007 (leaner decisions) and
-008 (set-based decisions)."""
+"""Upgrading a database that already holds data through migrations 007 (leaner decisions), 008
+(set-based decisions) and 009 (rules sent once a batch)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,11 @@ async def test_the_upgrade_keeps_listed_prefixes_and_calls_still_up(
     )
 
     applied = await migrate(pool)
-    assert applied == ["007_leaner_decision.sql", "008_set_based_decisions.sql"]
+    assert applied == [
+        "007_leaner_decision.sql",
+        "008_set_based_decisions.sql",
+        "009_rules_once_a_batch.sql",
+    ]
 
     # The prefixes listed before the upgrade are known by their length.
     assert list(await pool.fetchval("SELECT lengths FROM dg_prefix_lengths")) == [8]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from dialguard.store.decisions import batch_rows
+from tests.support import RULES_ALL_OFF as OFF
 from tests.support import params_all_off
-
-OFF = params_all_off()
 
 
 def test_with_every_rule_off_no_history_is_read() -> None:
@@ -15,7 +15,7 @@ def test_with_every_rule_off_no_history_is_read() -> None:
 
 
 def test_the_destination_window_is_the_longest_rule_that_is_on() -> None:
-    p = replace(OFF, interval_s=14400, dest_cap_limits=[3, 7], dest_cap_windows=[86400, 604800])
+    p = replace(OFF, interval_s=14400, dest_cap_limits=(3, 7), dest_cap_windows=(86400, 604800))
     assert p.destination_window_s == 604800
     assert replace(p, rotation_window_s=2592000).destination_window_s == 2592000
 
@@ -32,9 +32,22 @@ def test_a_cooldown_reaches_back_over_the_longest_call_before_it() -> None:
 
 def test_the_caller_id_window_covers_its_caps_and_its_calls_still_up() -> None:
     assert replace(OFF, cid_max_concurrent=10).callerid_window_s == 7200
-    caps = replace(OFF, cid_cap_limits=[5, 60], cid_cap_windows=[60, 3600])
+    caps = replace(OFF, cid_cap_limits=(5, 60), cid_cap_windows=(60, 3600))
     assert caps.callerid_window_s == 3600
     assert replace(caps, cid_max_concurrent=10).callerid_window_s == 7200
-    assert replace(caps, cid_cap_windows=[60, 86400], cid_max_concurrent=10).callerid_window_s == (
+    assert replace(caps, cid_cap_windows=(60, 86400), cid_max_concurrent=10).callerid_window_s == (
         86400
     )
+
+
+def test_a_batch_sends_each_rules_once_and_each_item_names_its_own() -> None:
+    strict = replace(OFF, interval_s=14400)
+    items = [
+        params_all_off("+12122640001"),
+        replace(params_all_off("+12122640002"), rules=strict),
+        params_all_off("+12122640003"),
+    ]
+    attempts, rules = batch_rows(items)
+    assert rules == [OFF.row(), strict.row()]
+    assert [a[-1] for a in attempts] == [1, 2, 1]
+    assert [a[2] for a in attempts] == ["+12122640001", "+12122640002", "+12122640003"]

@@ -27,31 +27,23 @@ _OUTCOMES = q("record_outcomes_judged")
 
 
 @dataclass(frozen=True, slots=True)
-class DecideParams:
-    """Everything a decision needs; limits are ``None`` (or empty) when switched off."""
+class DecideRules:
+    """A profile's limits as a decision needs them; ``None`` (or empty) where a rule is off.
 
-    at: datetime
-    caller_id: str
-    destination: str
-    campaign: str
-    campaign_version: int
-    record: bool
-    source: str
-    channel_id: str | None
-    pre_rule: str | None
-    pre_facts: dict[str, Any] | None
-    hours_facts: dict[str, Any] | None
+    Built once per profile: the decisions of a batch that share it send it once.
+    """
+
     require_registered: bool
     cooldown_s: int | None
     conversation_min_s: int | None
     interval_s: int | None
-    dest_cap_limits: list[int]
-    dest_cap_windows: list[int]
+    dest_cap_limits: tuple[int, ...]
+    dest_cap_windows: tuple[int, ...]
     rotation_limit: int | None
     rotation_window_s: int | None
     campaign_rotation_limit: int | None
-    cid_cap_limits: list[int]
-    cid_cap_windows: list[int]
+    cid_cap_limits: tuple[int, ...]
+    cid_cap_windows: tuple[int, ...]
     cid_max_concurrent: int | None
     max_call_s: int
 
@@ -74,20 +66,9 @@ class DecideParams:
         up = self.max_call_s if self.cid_max_concurrent is not None else 0
         return max([up, *self.cid_cap_windows])
 
-    def batch_item(self) -> tuple[Any, ...]:
-        """The decision as a ``dg_decide_item``: every field but ``record``, the facts as JSON
-        text, then the two windows."""
+    def row(self) -> tuple[Any, ...]:
+        """The rules as a ``dg_decide_rules``: every field, then the two windows."""
         return (
-            self.at,
-            self.caller_id,
-            self.destination,
-            self.campaign,
-            self.campaign_version,
-            self.source,
-            self.channel_id,
-            self.pre_rule,
-            None if self.pre_facts is None else json.dumps(self.pre_facts),
-            None if self.hours_facts is None else json.dumps(self.hours_facts),
             self.require_registered,
             self.cooldown_s,
             self.conversation_min_s,
@@ -104,6 +85,58 @@ class DecideParams:
             self.destination_window_s,
             self.callerid_window_s,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class DecideParams:
+    """Everything a decision needs: the attempt, what the pure checks found, and its rules."""
+
+    at: datetime
+    caller_id: str
+    destination: str
+    campaign: str
+    campaign_version: int
+    record: bool
+    source: str
+    channel_id: str | None
+    pre_rule: str | None
+    pre_facts: dict[str, Any] | None
+    hours_facts: dict[str, Any] | None
+    rules: DecideRules
+
+    def attempt(self, rules: int) -> tuple[Any, ...]:
+        """The decision as a ``dg_decide_attempt``: every field but ``record`` and the rules,
+        the facts as JSON text, then ``rules``, its rules' position (from 1) in the batch's."""
+        return (
+            self.at,
+            self.caller_id,
+            self.destination,
+            self.campaign,
+            self.campaign_version,
+            self.source,
+            self.channel_id,
+            self.pre_rule,
+            None if self.pre_facts is None else json.dumps(self.pre_facts),
+            None if self.hours_facts is None else json.dumps(self.hours_facts),
+            rules,
+        )
+
+
+def batch_rows(
+    batch: Sequence[DecideParams],
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """A batch as the two arrays ``dg_decide_batch`` takes: the attempts, and each distinct
+    rules once (decisions of one profile share one :class:`DecideRules`)."""
+    positions: dict[int, int] = {}
+    rules: list[tuple[Any, ...]] = []
+    attempts: list[tuple[Any, ...]] = []
+    for p in batch:
+        position = positions.get(id(p.rules))
+        if position is None:
+            rules.append(p.rules.row())
+            position = positions[id(p.rules)] = len(rules)
+        attempts.append(p.attempt(position))
+    return attempts, rules
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,12 +211,13 @@ class DecisionStore:
 
     async def _decide_one(self, params: DecideParams) -> DecideResult:
         async with connection(self._pool) as conn:
-            row = await conn.fetchrow(_DECIDE, params.batch_item(), params.record)
+            row = await conn.fetchrow(_DECIDE, params.attempt(1), params.rules.row(), params.record)
         return DecideResult(row["decision_id"], row["rule"], row["facts"], row["stale"])
 
     async def _decide_many(self, batch: Sequence[DecideParams]) -> list[DecideResult]:
+        attempts, rules = batch_rows(batch)
         async with connection(self._pool) as conn:
-            rows = await conn.fetch(_DECIDE_BATCH, [p.batch_item() for p in batch])
+            rows = await conn.fetch(_DECIDE_BATCH, attempts, rules)
         return [DecideResult(r["decision_id"], r["rule"], r["facts"], r["stale"]) for r in rows]
 
     async def record_outcome(

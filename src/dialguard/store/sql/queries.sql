@@ -1,12 +1,14 @@
 -- Named queries. Each block starts with "-- name: NAME" and runs to the next block.
 
 -- name: decide
--- One decision, recorded ($2) or not: a batch of one.
-SELECT decision_id, rule, facts, stale FROM dg_decide_batch(ARRAY[$1::dg_decide_item], $2)
+-- One decision, with its rules, recorded ($3) or not: a batch of one.
+SELECT decision_id, rule, facts, stale
+  FROM dg_decide_batch(ARRAY[$1::dg_decide_attempt], ARRAY[$2::dg_decide_rules], $3)
 
 -- name: decide_batch
--- Recorded decisions in arrival order, answered in the same order.
-SELECT decision_id, rule, facts, stale FROM dg_decide_batch($1::dg_decide_item[])
+-- Recorded decisions in arrival order, answered in the same order; each distinct rules once.
+SELECT decision_id, rule, facts, stale
+  FROM dg_decide_batch($1::dg_decide_attempt[], $2::dg_decide_rules[])
 
 -- name: record_outcome
 SELECT recorded, caller_id, campaign FROM dg_record_outcome($1, $2, $3, $4, $5, $6)
