@@ -96,12 +96,6 @@ class BulkNumbers:
                     return verdict if verdict[0] is None else (text, verdict[1])
         return self._exact(raw)
 
-    def takes_fast_path(self, raw: str) -> bool:
-        """Whether :meth:`classify` may answer ``raw`` by its block (E.164, or a national number
-        of the North American plan read in one of its regions); other input is parsed alone,
-        by :func:`dialguard.numbers.destination`, so callers need not ask first."""
-        return raw[:1] == "+" or (self._nanp and _is_nanp_national(raw))
-
     def _learn(self, text: str, digits: str, plan: int) -> Verdict | None:
         """The block's verdict from its first number, or None when the block must be parsed."""
         cc = _country_code(digits)

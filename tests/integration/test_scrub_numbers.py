@@ -60,5 +60,3 @@ def test_ten_digit_national_numbers_get_the_exact_answer_in_any_region(region: s
         assert bulk.classify(raw) == exact(raw, region), raw
         # and what the decider's per-call parse says (one parse for number and zones)
         assert bulk.classify(raw) == (destination(raw, region, "America/New_York") or (None, ()))
-    assert bulk.takes_fast_path("9172640001") == (region != "GB")
-    assert not bulk.takes_fast_path("1212264123")
