@@ -224,9 +224,14 @@ def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
 
 
-def cpu_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine since boot, from /proc/stat."""
+def cpu_busy() -> tuple[float, float, float]:
+    """(busy, stolen, total) jiffies of the whole machine since boot, from /proc/stat.
+
+    Stolen time is what the hypervisor gave to other guests while this one had work to do; it
+    counts as busy here, and is also reported on its own: on a shared virtual machine it is what
+    makes the same code run at half speed an hour later.
+    """
     fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]
     total = sum(fields[:8])
-    return total - idle, total
+    return total - idle, fields[7], total

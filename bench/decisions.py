@@ -96,6 +96,7 @@ class Measurement:
     load_before: str
     load_after: str
     machine_cpu_pct: float
+    steal_pct: float  # of the machine's CPU time, taken by the hypervisor for other guests
     client_cpu_us: float | None = None  # CPU of this process per decision (decider only)
     per_round_trip: float | None = None  # recorded decisions per round trip (decider only)
     errors: int = 0
@@ -185,13 +186,13 @@ async def run_decider(
         freeze_startup_objects()
         first = await end_calls(pool, None)
         load_before = load_average()
-        busy0, total0 = cpu_busy()
+        busy0, steal0, total0 = cpu_busy()
         cpu0 = time.process_time()
         sizes0 = store.batch_sizes.copy()
         latencies, mix, elapsed = await drive(decider, clients, seconds, rng)
         cpu = time.process_time() - cpu0
         sizes = store.batch_sizes - sizes0
-        busy1, total1 = cpu_busy()
+        busy1, steal1, total1 = cpu_busy()
         load_after = load_average()
         await end_calls(pool, first)
     finally:
@@ -213,6 +214,7 @@ async def run_decider(
             load_before=load_before,
             load_after=load_after,
             machine_cpu_pct=round(100 * (busy1 - busy0) / max(total1 - total0, 1), 1),
+            steal_pct=round(100 * (steal1 - steal0) / max(total1 - total0, 1), 1),
             client_cpu_us=round(1e6 * cpu / max(len(ms), 1), 1),
             per_round_trip=round(
                 sum(n * k for n, k in sizes.items()) / max(sum(sizes.values()), 1), 2
@@ -362,11 +364,11 @@ async def run_pgbench(
             BENCH_DB,
         ]
         load_before = load_average()
-        busy0, total0 = cpu_busy()
+        busy0, steal0, total0 = cpu_busy()
         proc = await asyncio.to_thread(
             subprocess.run, cmd, text=True, capture_output=True, check=False
         )
-        busy1, total1 = cpu_busy()
+        busy1, steal1, total1 = cpu_busy()
         load_after = load_average()
         if proc.returncode != 0:
             die(f"pgbench failed: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -400,6 +402,7 @@ async def run_pgbench(
         load_before=load_before,
         load_after=load_after,
         machine_cpu_pct=round(100 * (busy1 - busy0) / max(total1 - total0, 1), 1),
+        steal_pct=round(100 * (steal1 - steal0) / max(total1 - total0, 1), 1),
         errors=int(failed.group(1)) if failed else 0,
     )
 
@@ -485,7 +488,8 @@ def report(m: Measurement) -> None:
         f"{m.driver:8} sync={m.synchronous_commit:3} batches={m.batches:2} "
         f"clients={m.clients:2}: "
         f"{m.per_second:8.0f}/s p50 {m.p50_ms:.2f} ms p99 {m.p99_ms:.2f} ms "
-        f"max {m.max_ms:.1f} ms cpu {m.machine_cpu_pct}% load {m.load_before} -> {m.load_after}"
+        f"max {m.max_ms:.1f} ms cpu {m.machine_cpu_pct}% (stolen {m.steal_pct}%) "
+        f"load {m.load_before} -> {m.load_after}"
         + (f" py {m.client_cpu_us} us/decision" if m.client_cpu_us else "")
         + (f" {m.per_round_trip} a round trip" if m.per_round_trip else "")
         + f"\n         mix: {mix}",
@@ -498,8 +502,8 @@ def table(results: list[Measurement]) -> str:
     lines = [
         "| sync commit | batches | clients | decider /s | per round trip | p50 ms | p99 ms "
         "| max ms | pgbench /s | pgbench p99 ms | decider / pgbench | pgbench of its batches /s "
-        "| decider / that |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| decider / that | stolen % |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ceilings = {
         (m.synchronous_commit, m.clients): m
@@ -525,7 +529,7 @@ def table(results: list[Measurement]) -> str:
             f"| {m.per_round_trip or 1} | {m.p50_ms:.2f} | {m.p99_ms:.2f} "
             f"| {m.max_ms:.1f} | {ceiling.per_second if ceiling else 0:,.0f} "
             f"| {ceiling.p99_ms if ceiling else 0:.2f} | {ratio} | {batched_cell} "
-            f"| {batched_ratio} |"
+            f"| {batched_ratio} | {m.steal_pct:.0f} |"
         )
     return "\n".join(lines)
 
@@ -571,7 +575,11 @@ def main() -> None:
         args.json.write_text(json.dumps([asdict(m) for m in results], indent=2) + "\n")
     if results:
         med = statistics.median(m.machine_cpu_pct for m in results)
-        print(f"\nmedian machine CPU during measurements: {med} %", file=sys.stderr)
+        stolen = statistics.median(m.steal_pct for m in results)
+        print(
+            f"\nmedian machine CPU during measurements: {med} % (stolen: {stolen} %)",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":
