@@ -17,8 +17,14 @@ from dialguard.store.blacklist import BlacklistStore
 from dialguard.store.callerids import CallerIdStore
 from dialguard.store.campaigns import CampaignStore
 from dialguard.store.connection import create_pool
-from dialguard.store.decisions import DecisionStore, OutcomeRecorded
-from tests.support import NOON_NY, BuiltinProfiles, make_decider, params_all_off
+from dialguard.store.decisions import DecideRules, DecisionStore, OutcomeRecorded
+from tests.support import (
+    NOON_NY,
+    RULES_ALL_OFF,
+    BuiltinProfiles,
+    make_decider,
+    params_all_off,
+)
 
 
 def decider_on(
@@ -133,6 +139,33 @@ async def test_each_item_of_a_batch_is_judged_by_its_own_campaign_s_rules(
         None,
     ]
     assert rest[1].facts["limit"] == 1
+
+
+async def test_the_server_reads_the_rules_literal_back_field_by_field(pool: asyncpg.Pool) -> None:
+    """A batch's rules travel as text made once per profile; the server must read back every
+    limit, in its place, or a rule would be judged with another's value."""
+    every = DecideRules(
+        require_registered=True,
+        cooldown_s=604800,
+        conversation_min_s=30,
+        interval_s=14400,
+        dest_cap_limits=(3, 7),
+        dest_cap_windows=(86400, 604800),
+        rotation_limit=2,
+        rotation_window_s=2592000,
+        campaign_rotation_limit=20,
+        cid_cap_limits=(5, 60, 300),
+        cid_cap_windows=(60, 3600, 86400),
+        cid_max_concurrent=10,
+        max_call_s=7200,
+    )
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT * FROM unnest($1::text::dg_decide_rules[])",
+            "{" + every.literal + "," + RULES_ALL_OFF.literal + "}",
+        )
+    as_read = [tuple(tuple(v) if isinstance(v, list) else v for v in r.values()) for r in rows]
+    assert as_read == [every.row(), RULES_ALL_OFF.row()]
 
 
 async def test_a_batch_counts_the_caller_ids_its_earlier_items_brought_to_the_campaign(

@@ -48,6 +48,10 @@ def test_a_batch_sends_each_rules_once_and_each_item_names_its_own() -> None:
         params_all_off("+12122640003"),
     ]
     attempts, rules = batch_rows(items)
-    assert rules == [OFF.row(), strict.row()]
+    assert rules == "{" + OFF.literal + "," + strict.literal + "}"
     assert [a[-1] for a in attempts] == [1, 2, 1]
     assert [a[2] for a in attempts] == ["+12122640001", "+12122640002", "+12122640003"]
+
+
+def test_the_rules_literal_holds_every_field_in_order() -> None:
+    assert OFF.literal == '"(f,,,,\\"{}\\",\\"{}\\",,,,\\"{}\\",\\"{}\\",,7200,0,)"'

@@ -1,14 +1,16 @@
 -- Named queries. Each block starts with "-- name: NAME" and runs to the next block.
 
 -- name: decide
--- One decision, with its rules, recorded ($3) or not: a batch of one.
+-- One decision, with its rules (a dg_decide_rules[] literal of one), recorded ($3) or not: a
+-- batch of one.
 SELECT decision_id, rule, facts, stale
-  FROM dg_decide_batch(ARRAY[$1::dg_decide_attempt], ARRAY[$2::dg_decide_rules], $3)
+  FROM dg_decide_batch(ARRAY[$1::dg_decide_attempt], $2::text::dg_decide_rules[], $3)
 
 -- name: decide_batch
--- Recorded decisions in arrival order, answered in the same order; each distinct rules once.
+-- Recorded decisions in arrival order, answered in the same order; each distinct rules once,
+-- in a dg_decide_rules[] literal.
 SELECT decision_id, rule, facts, stale
-  FROM dg_decide_batch($1::dg_decide_attempt[], $2::dg_decide_rules[])
+  FROM dg_decide_batch($1::dg_decide_attempt[], $2::text::dg_decide_rules[])
 
 -- name: record_outcome
 SELECT recorded, caller_id, campaign FROM dg_record_outcome($1, $2, $3, $4, $5, $6)
