@@ -47,7 +47,7 @@ class DecideRules:
     cid_cap_windows: tuple[int, ...]
     cid_max_concurrent: int | None
     max_call_s: int
-    # This rules as an element of a dg_decide_rules[] literal, made once.
+    # These rules as one element of a dg_decide_rules[] literal, made once.
     literal: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
