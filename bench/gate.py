@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 from dialguard.store.callerids import CallerIdStore
 from dialguard.store.connection import create_pool
@@ -260,14 +260,15 @@ async def main() -> None:
     await pool.close()
 
     results = []
-    async with TimedFake(
+    fake = TimedFake(
         stasis_args=("${CAMPAIGN}",),
         keep_dial_cause=True,
         verbose_events=args.all_events,
         default_outcome=Outcome.answered(0.5),
         validate_requests=args.fake == "validating",
         keep_records=args.fake == "validating",
-    ) as fake:
+    )
+    async with fake:
         api, metrics = free_port(), free_port()
         env = {
             **os.environ,
