@@ -224,14 +224,33 @@ def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
 
 
-def cpu_busy() -> tuple[float, float, float]:
-    """(busy, stolen, total) jiffies of the whole machine since boot, from /proc/stat.
+_TICKS = os.sysconf("SC_CLK_TCK")
 
-    Stolen time is what the hypervisor gave to other guests while this one had work to do; it
-    counts as busy here, and is also reported on its own: on a shared virtual machine it is what
-    makes the same code run at half speed an hour later.
-    """
-    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+@dataclass(frozen=True, slots=True)
+class MachineCpu:
+    """CPU seconds of the whole machine since boot, from /proc/stat (guest time, which Linux
+    counts inside user time too, left out)."""
+
+    busy: float  # neither idle nor waiting on I/O; stolen time included
+    # What the hypervisor gave to other guests while this one had work to do: on a shared
+    # virtual machine, what makes the same code run at half speed an hour later.
+    stolen: float
+    total: float
+
+    def shares_since(self, before: MachineCpu) -> tuple[float, float]:
+        """The busy and the stolen share of the machine's CPU time since ``before``, in %."""
+        total = max(self.total - before.total, 1e-9)
+        return (
+            round(100 * (self.busy - before.busy) / total, 1),
+            round(100 * (self.stolen - before.stolen) / total, 1),
+        )
+
+
+def machine_cpu() -> MachineCpu:
+    fields = [
+        float(x) / _TICKS for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ]
     idle = fields[3] + fields[4]
     total = sum(fields[:8])
-    return total - idle, fields[7], total
+    return MachineCpu(busy=total - idle, stolen=fields[7], total=total)

@@ -62,10 +62,10 @@ from common import (
     admin_connection,
     caller_number,
     campaign_of,
-    cpu_busy,
     die,
     load_average,
     machine,
+    machine_cpu,
     pg_bin,
     pick,
     server,
@@ -186,13 +186,13 @@ async def run_decider(
         freeze_startup_objects()
         first = await end_calls(pool, None)
         load_before = load_average()
-        busy0, steal0, total0 = cpu_busy()
+        machine0 = machine_cpu()
         cpu0 = time.process_time()
         sizes0 = store.batch_sizes.copy()
         latencies, mix, elapsed = await drive(decider, clients, seconds, rng)
         cpu = time.process_time() - cpu0
         sizes = store.batch_sizes - sizes0
-        busy1, steal1, total1 = cpu_busy()
+        busy_pct, steal_pct = machine_cpu().shares_since(machine0)
         load_after = load_average()
         await end_calls(pool, first)
     finally:
@@ -213,8 +213,8 @@ async def run_decider(
             mix=dict(mix.most_common()),
             load_before=load_before,
             load_after=load_after,
-            machine_cpu_pct=round(100 * (busy1 - busy0) / max(total1 - total0, 1), 1),
-            steal_pct=round(100 * (steal1 - steal0) / max(total1 - total0, 1), 1),
+            machine_cpu_pct=busy_pct,
+            steal_pct=steal_pct,
             client_cpu_us=round(1e6 * cpu / max(len(ms), 1), 1),
             per_round_trip=round(
                 sum(n * k for n, k in sizes.items()) / max(sum(sizes.values()), 1), 2
@@ -364,11 +364,11 @@ async def run_pgbench(
             BENCH_DB,
         ]
         load_before = load_average()
-        busy0, steal0, total0 = cpu_busy()
+        machine0 = machine_cpu()
         proc = await asyncio.to_thread(
             subprocess.run, cmd, text=True, capture_output=True, check=False
         )
-        busy1, steal1, total1 = cpu_busy()
+        busy_pct, steal_pct = machine_cpu().shares_since(machine0)
         load_after = load_average()
         if proc.returncode != 0:
             die(f"pgbench failed: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -401,8 +401,8 @@ async def run_pgbench(
         mix={r["rule"]: r["n"] for r in rows},
         load_before=load_before,
         load_after=load_after,
-        machine_cpu_pct=round(100 * (busy1 - busy0) / max(total1 - total0, 1), 1),
-        steal_pct=round(100 * (steal1 - steal0) / max(total1 - total0, 1), 1),
+        machine_cpu_pct=busy_pct,
+        steal_pct=steal_pct,
         errors=int(failed.group(1)) if failed else 0,
     )
 

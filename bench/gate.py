@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import psutil  # type: ignore[import-untyped]
 
+from common import machine_cpu
 from dialguard.store.callerids import CallerIdStore
 from dialguard.store.connection import create_pool
 from dialguard.store.embedded import EmbeddedPostgres
@@ -73,15 +74,11 @@ class CpuMeter:
         if self._postmaster is not None:
             family = [self._postmaster, *self._postmaster.children(recursive=True)]
             seconds["postgres"] = sum(_cpu(p) for p in family)
-        machine = psutil.cpu_times()
         # The whole machine, to tell how much went to anything else (or to the hypervisor).
-        # Linux counts guest time inside user time, and steal is time the VM did not run.
-        steal = float(getattr(machine, "steal", 0.0))
-        guest = float(getattr(machine, "guest", 0.0) + getattr(machine, "guest_nice", 0.0))
-        every = float(sum(machine)) - guest
-        seconds["machine_all"] = every
-        seconds["machine_busy"] = every - machine.idle - machine.iowait - steal
-        seconds["machine_steal"] = steal
+        machine = machine_cpu()
+        seconds["machine_all"] = machine.total
+        seconds["machine_busy"] = machine.busy - machine.stolen
+        seconds["machine_steal"] = machine.stolen
         return seconds
 
 

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import BENCH_DB, add_server_arguments, admin_connection, cpu_busy, server
+from common import BENCH_DB, add_server_arguments, admin_connection, machine_cpu, server
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD_DB = "dialguard_bench_old"
@@ -144,13 +144,12 @@ def main() -> None:
             for n in range(1, args.rounds + 1):
                 for label, tree, db in (("new", ROOT, NEW_DB), (args.old, old_tree, OLD_DB)):
                     asyncio.run(rename(url, db, BENCH_DB))
-                    _, steal0, total0 = cpu_busy()
+                    machine0 = machine_cpu()
                     try:
                         m = measure(tree, url, args)
                     finally:
                         asyncio.run(rename(url, BENCH_DB, db))
-                    _, steal1, total1 = cpu_busy()
-                    stolen = 100 * (steal1 - steal0) / max(total1 - total0, 1)
+                    _, stolen = machine_cpu().shares_since(machine0)
                     print(
                         f"| {n} | {label} | {m['per_second']:,.0f} | {m['p99_ms']:.2f} |"
                         f" {m['client_cpu_us']:.0f} | {m['server_cpu_us']:.0f} | {stolen:.0f} |",

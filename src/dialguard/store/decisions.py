@@ -21,7 +21,6 @@ from dialguard.store.queries import q
 DEFAULT_BATCHES = 2
 
 _DECIDE = q("decide")
-_DECIDE_BATCH = q("decide_batch")
 _OUTCOME = q("record_outcome_judged")
 _OUTCOMES = q("record_outcomes_judged")
 
@@ -130,16 +129,16 @@ class DecideParams:
 
 def batch_rows(batch: Sequence[DecideParams]) -> tuple[list[tuple[Any, ...]], str]:
     """A batch as the two arrays ``dg_decide_batch`` takes: the attempts, and each distinct
-    rules once, as a ``dg_decide_rules[]`` literal (decisions of one profile share one
-    :class:`DecideRules`)."""
-    positions: dict[int, int] = {}
+    rules once, as a ``dg_decide_rules[]`` literal (campaigns whose limits are the same, each
+    with its own :class:`DecideRules`, send them once)."""
+    positions: dict[str, int] = {}
     rules: list[str] = []
     attempts: list[tuple[Any, ...]] = []
     for p in batch:
-        position = positions.get(id(p.rules))
+        position = positions.get(p.rules.literal)
         if position is None:
             rules.append(p.rules.literal)
-            position = positions[id(p.rules)] = len(rules)
+            position = positions[p.rules.literal] = len(rules)
         attempts.append(p.attempt(position))
     return attempts, "{" + ",".join(rules) + "}"
 
@@ -233,15 +232,12 @@ class DecisionStore:
 
     async def _decide_one(self, params: DecideParams) -> DecideResult:
         async with connection(self._pool) as conn:
-            row = await conn.fetchrow(
-                _DECIDE, params.attempt(1), "{" + params.rules.literal + "}", params.record
-            )
+            row = await conn.fetchrow(_DECIDE, *batch_rows([params]), params.record)
         return DecideResult(row["decision_id"], row["rule"], row["facts"], row["stale"])
 
     async def _decide_many(self, batch: Sequence[DecideParams]) -> list[DecideResult]:
-        attempts, rules = batch_rows(batch)
         async with connection(self._pool) as conn:
-            rows = await conn.fetch(_DECIDE_BATCH, attempts, rules)
+            rows = await conn.fetch(_DECIDE, *batch_rows(batch), True)
         return [DecideResult(r["decision_id"], r["rule"], r["facts"], r["stale"]) for r in rows]
 
     async def record_outcome(

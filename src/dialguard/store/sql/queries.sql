@@ -1,10 +1,10 @@
 -- Named queries. Each block starts with "-- name: NAME" and runs to the next block.
 
 -- name: decide
--- One decision, with its rules (a dg_decide_rules[] literal of one), recorded ($3) or not: a
--- batch of one.
+-- Decisions in arrival order, answered in the same order (one decision is a batch of one); each
+-- distinct rules once, in a dg_decide_rules[] literal; recorded ($3) or not.
 SELECT decision_id, rule, facts, stale
-  FROM dg_decide_batch(ARRAY[$1::dg_decide_attempt], $2::text::dg_decide_rules[], $3)
+  FROM dg_decide_batch($1::dg_decide_attempt[], $2::text::dg_decide_rules[], $3)
 
 -- name: decide_batch
 -- Recorded decisions in arrival order, answered in the same order; each distinct rules once,
