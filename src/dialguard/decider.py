@@ -6,7 +6,6 @@ Every front door (the ARI gate, the ARI proxy, the admin API, the CLI) decides t
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -15,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from dialguard.bulk_numbers import BulkNumbers
+from dialguard.deadlines import Deadlines
 from dialguard.numbers import cached_normalise
 from dialguard.policy.checks import precheck
 from dialguard.policy.codes import DEFAULT_CAMPAIGN, Rule, Verdict
@@ -73,7 +73,7 @@ class Decider:
         self._profiles = profiles
         self._numbers = numbers
         self._metrics = metrics
-        self._deadline = deadline
+        self._deadline = Deadlines(deadline)
         self._fail_mode = fail_mode
         self._spool = spool
         self._clock = clock
@@ -96,7 +96,7 @@ class Decider:
         else:
             caller = cached_normalise(raw_caller, numbers.default_region)
         try:
-            async with asyncio.timeout(self._deadline):
+            with self._deadline():
                 result = await self._round_trip(request, campaign, at, destination, zones, caller)
         except (TimeoutError, StoreUnavailable) as exc:
             decision = self._undecidable(request, campaign, at, destination, caller, exc)
@@ -257,7 +257,7 @@ class Decider:
         log.warning("decision for %s could not reach the database: %s", request.channel_id, error)
         if self._metrics is not None:
             self._metrics.store_error()
-        facts: Facts = {"deadline_ms": round(self._deadline * 1000), "error": error}
+        facts: Facts = {"deadline_ms": round(self._deadline.seconds * 1000), "error": error}
         common: dict[str, Any] = {
             "caller_id": caller or request.caller_id,
             "destination": destination or request.destination,

@@ -233,12 +233,14 @@ class DecisionStore:
     async def _decide_one(self, params: DecideParams) -> DecideResult:
         async with connection(self._pool) as conn:
             row = await conn.fetchrow(_DECIDE, *batch_rows([params]), params.record)
-        return DecideResult(row["decision_id"], row["rule"], row["facts"], row["stale"])
+        return DecideResult(row["decision_id"], row["rule"], row["facts"] or {}, row["stale"])
 
     async def _decide_many(self, batch: Sequence[DecideParams]) -> list[DecideResult]:
         async with connection(self._pool) as conn:
             rows = await conn.fetch(_DECIDE, *batch_rows(batch), True)
-        return [DecideResult(r["decision_id"], r["rule"], r["facts"], r["stale"]) for r in rows]
+        return [
+            DecideResult(r["decision_id"], r["rule"], r["facts"] or {}, r["stale"]) for r in rows
+        ]
 
     async def record_outcome(
         self,

@@ -2,15 +2,10 @@
 
 -- name: decide
 -- Decisions in arrival order, answered in the same order (one decision is a batch of one); each
--- distinct rules once, in a dg_decide_rules[] literal; recorded ($3) or not.
-SELECT decision_id, rule, facts, stale
+-- distinct rules once, in a dg_decide_rules[] literal; recorded ($3) or not. No facts (most
+-- allows) come back as NULL, which the driver hands over without decoding.
+SELECT decision_id, rule, nullif(facts, '{}') AS facts, stale
   FROM dg_decide_batch($1::dg_decide_attempt[], $2::text::dg_decide_rules[], $3)
-
--- name: decide_batch
--- Recorded decisions in arrival order, answered in the same order; each distinct rules once,
--- in a dg_decide_rules[] literal.
-SELECT decision_id, rule, facts, stale
-  FROM dg_decide_batch($1::dg_decide_attempt[], $2::text::dg_decide_rules[])
 
 -- name: record_outcome
 SELECT recorded, caller_id, campaign FROM dg_record_outcome($1, $2, $3, $4, $5, $6)
