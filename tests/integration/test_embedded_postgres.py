@@ -135,13 +135,20 @@ def test_parallel_processes_share_the_embedded_database_and_its_limits(data_dir:
     )
 
 
-def settings_of(url: str) -> dict[str, Any]:
-    rows = fetch(
-        url,
-        "SELECT pg_size_bytes(current_setting('shared_buffers')) AS shared_buffers,"
-        " current_setting('checkpoint_timeout') AS checkpoint_timeout,"
-        " current_setting('max_wal_size') AS max_wal_size",
-    )
+def settings_at_start(pgdata: Path) -> dict[str, Any]:
+    """Start the server (alone), read the settings dialguard chooses, and stop it again."""
+    handle = EmbeddedPostgres(pgdata)
+    url = handle.start()
+    try:
+        rows = fetch(
+            url,
+            "SELECT pg_size_bytes(current_setting('shared_buffers')) AS shared_buffers,"
+            " current_setting('checkpoint_timeout') AS checkpoint_timeout,"
+            " current_setting('max_wal_size') AS max_wal_size",
+        )
+    finally:
+        handle.stop()
+    wait_until(lambda: not (pgdata / "postmaster.pid").exists(), 30, "the server to stop")
     return rows[0]
 
 
@@ -152,29 +159,17 @@ def test_the_embedded_server_runs_with_dialguards_settings_and_keeps_an_operator
     pgdata = data_dir / "pgdata"
     memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     wanted = server_settings(memory)
-    handle = EmbeddedPostgres(pgdata)
-    url = handle.start()
-    try:
-        first = settings_of(url)
-    finally:
-        handle.stop()
+    first = settings_at_start(pgdata)
     assert first == {
         "shared_buffers": int(wanted["shared_buffers"].removesuffix("MB")) * 1024 * 1024,
         "checkpoint_timeout": wanted["checkpoint_timeout"],
         "max_wal_size": wanted["max_wal_size"],
     }
-    wait_until(lambda: not (pgdata / "postmaster.pid").exists(), 30, "the server to stop")
 
     # An operator's edit survives the next start, and the file is included once.
     conf = pgdata / SETTINGS_FILE
     conf.write_text(conf.read_text().replace("'15min'", "'20min'"))
-    handle = EmbeddedPostgres(pgdata)
-    url = handle.start()
-    try:
-        again = settings_of(url)
-    finally:
-        handle.stop()
-    assert again == {**first, "checkpoint_timeout": "20min"}
+    assert settings_at_start(pgdata) == {**first, "checkpoint_timeout": "20min"}
     includes = [
         line
         for line in (pgdata / "postgresql.conf").read_text().splitlines()

@@ -42,9 +42,9 @@ class EmbeddedPostgres:
                     super().ensure_pgdata_inited()
                     write_settings(self.pgdata)
 
-            self.data_dir.mkdir(parents=True, exist_ok=True)
             # As pgserver.get_server, with the subclass: one handle per directory a process.
-            path = self.data_dir.resolve()
+            path = self.data_dir.expanduser().resolve()
+            path.mkdir(parents=True, exist_ok=True)
             server = PostgresServer._instances.get(path) or TunedServer(path, cleanup_mode="stop")
         self._server = server
         uri: str = server.get_uri()
