@@ -25,14 +25,19 @@ class Deadlines:
             raise ValueError("a deadline and its grain must be positive")
         self.seconds = seconds
         self._grain = grain
-        # Per tick (a deadline's end, in grains): the blocks inside that end then.
+        # Per tick (a deadline's end, in grains): the blocks inside that end then. The timers
+        # are the loop's: another loop starts afresh, lest it find a tick whose timer died with
+        # the loop before it.
         self._ticks: dict[int, set[_Block]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __call__(self) -> _Block:
         return _Block(self)
 
     def _enter(self, block: _Block) -> None:
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._ticks = loop, {}
         tick = math.ceil((loop.time() + self.seconds) / self._grain)
         blocks = self._ticks.get(tick)
         if blocks is None:

@@ -80,3 +80,23 @@ async def test_a_deadline_outside_a_task_or_not_positive_is_refused() -> None:
 
     with pytest.raises(RuntimeError):
         await asyncio.get_running_loop().run_in_executor(None, outside_a_task)
+
+
+def test_a_deadline_still_fires_in_the_next_event_loop() -> None:
+    """A tick registered in a loop that closed before its timer fired is not reused."""
+    deadlines = Deadlines(0.05, grain=0.5)
+
+    async def in_time() -> None:
+        with deadlines():
+            await asyncio.sleep(0)
+
+    async def overrun() -> str:
+        try:
+            with deadlines():
+                await asyncio.sleep(2)
+        except TimeoutError:
+            return "timeout"
+        return "no timeout"
+
+    asyncio.run(in_time())  # leaves its tick's timer behind in a closed loop
+    assert asyncio.run(overrun()) == "timeout"
