@@ -217,9 +217,12 @@ def _parse(kind: str, value: Any, where: str) -> Any:
         text = str(value).strip()
         match = re.fullmatch(r"(\d+)ms", text)
         try:
-            return int(match.group(1)) / 1000 if match else float(parse_duration(text))
+            seconds = int(match.group(1)) / 1000 if match else float(parse_duration(text))
         except ValueSyntaxError as exc:
             raise ValueError(f"expected a duration like 500ms or 2s, got {value!r}") from exc
+        if seconds <= 0:
+            raise ValueError(f"expected a duration longer than 0, got {value!r}")
+        return seconds
     if base == "duration":
         try:
             return parse_duration(str(value))

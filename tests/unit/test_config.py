@@ -281,6 +281,8 @@ def test_decision_deadline_takes_milliseconds_or_a_duration() -> None:
         load_settings(None, {"DIALGUARD_GATE_DECISION_DEADLINE": "1m"}).gate.decision_deadline
         == 60.0
     )
+    with pytest.raises(ConfigError, match="expected a duration longer than 0, got '0ms'"):
+        load_settings(None, {"DIALGUARD_GATE_DECISION_DEADLINE": "0ms"})
 
 
 def test_unknown_sections_and_keys_are_reported(tmp_path: Path) -> None:
