@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from dialguard.store.embedded import server_settings
+
 ROOT = Path(__file__).resolve().parents[2]
 ASTERISK = ROOT / "asterisk-config"
 SERVICES = {"asterisk", "postgres", "dialguard", "prometheus", "grafana"}
@@ -207,6 +209,20 @@ def test_the_database_url_names_the_postgres_service(compose: dict[str, Any]) ->
     assert url.username == postgres["POSTGRES_USER"]
     assert url.path == "/" + postgres["POSTGRES_DB"]
     assert service(compose, "dialguard")["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_the_compose_database_gets_the_embedded_servers_settings(compose: dict[str, Any]) -> None:
+    command = service(compose, "postgres")["command"]
+    assert command[0] == "postgres"
+    flags = command[1::2]
+    assert set(flags) == {"-c"}
+    given = dict(setting.split("=", 1) for setting in command[2::2])
+    embedded = server_settings(4 * 1024**3)
+    assert given == {
+        "shared_buffers": "${POSTGRES_SHARED_BUFFERS:-" + embedded["shared_buffers"] + "}",
+        "checkpoint_timeout": embedded["checkpoint_timeout"],
+        "max_wal_size": embedded["max_wal_size"],
+    }
 
 
 def test_secrets_are_required_not_defaulted(compose: dict[str, Any]) -> None:
