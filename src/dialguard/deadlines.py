@@ -35,7 +35,7 @@ class Deadlines:
         return _Block(self)
 
     def _enter(self, block: _Block) -> None:
-        loop = asyncio.get_running_loop()
+        loop = block.task.get_loop()
         if loop is not self._loop:
             self._loop, self._ticks = loop, {}
         tick = math.ceil((loop.time() + self.seconds) / self._grain)

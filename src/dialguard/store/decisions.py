@@ -168,6 +168,11 @@ class DecideResult:
     stale: bool
 
 
+def _result(row: asyncpg.Record) -> DecideResult:
+    """One row of the ``decide`` query; no facts come back as NULL."""
+    return DecideResult(row["decision_id"], row["rule"], row["facts"] or {}, row["stale"])
+
+
 class _Outcome(NamedTuple):
     """One outcome, its fields in the order the outcome SQL takes them."""
 
@@ -233,14 +238,12 @@ class DecisionStore:
     async def _decide_one(self, params: DecideParams) -> DecideResult:
         async with connection(self._pool) as conn:
             row = await conn.fetchrow(_DECIDE, *batch_rows([params]), params.record)
-        return DecideResult(row["decision_id"], row["rule"], row["facts"] or {}, row["stale"])
+        return _result(row)
 
     async def _decide_many(self, batch: Sequence[DecideParams]) -> list[DecideResult]:
         async with connection(self._pool) as conn:
             rows = await conn.fetch(_DECIDE, *batch_rows(batch), True)
-        return [
-            DecideResult(r["decision_id"], r["rule"], r["facts"] or {}, r["stale"]) for r in rows
-        ]
+        return [_result(r) for r in rows]
 
     async def record_outcome(
         self,

@@ -67,8 +67,9 @@ def server_settings(memory_bytes: int) -> dict[str, str]:
 
     * ``shared_buffers``: an eighth of the memory, from PostgreSQL's 128MB up to 1GB. At 128MB
       the benchmark's data (1,000,000 blacklisted numbers, 100,000 destinations with history)
-      does not fit: backends wrote 25,000-41,000 evicted pages a 15 s run and decided 2,289-2,585
-      a second, against none and 2,633-2,740 with 1GB (``bench/README.md``).
+      does not fit: backends wrote 25,000-106,000 evicted pages a 15 s run and decided 2,562 a
+      second on average, against none and 2,738 with 1GB (seven runs each, in turns;
+      ``bench/README.md``).
     * ``checkpoint_timeout`` and ``max_wal_size``: the first change to a page after a checkpoint
       writes the whole page to the WAL. Right after one, 15 s of decisions wrote 100-134 MB of
       WAL instead of 20-45 MB; checkpoints every 15 minutes instead of 5 pay that a third as

@@ -120,8 +120,6 @@ DECLARE
     -- Allowed so far in this batch: their destinations and caller IDs.
     b_dests   text[] := '{}';
     b_callers text[] := '{}';
-    v_dest_again boolean;
-    v_cid_again  boolean;
     -- Records not yet written.
     w_rows   dg_new_decision[] := '{}';
     w_row    dg_new_decision;
@@ -254,20 +252,16 @@ BEGIN
         END IF;
 
         IF v_rule IS NULL THEN
-            -- Whether an attempt allowed earlier in this batch falls in what this item reads
-            -- of its destination and of its caller ID: then it reads them again, and the
-            -- batch's records so far are written first, as before any read that must see them.
-            v_dest_again := v.dest_window_s > 0 AND v.dest = ANY (b_dests);
-            v_cid_again := v.cid_window_s IS NOT NULL AND v.caller = ANY (b_callers);
+            -- The batch's records so far are written before any read that must see them.
             IF cardinality(w_rows) > 0
-               AND (v_dest_again OR v_cid_again
+               AND (v.dest = ANY (b_dests) OR v.caller = ANY (b_callers)
                     OR (v.campaign_rotation_limit IS NOT NULL
                         AND (r.cid_last_used_at IS NULL
                              OR r.cid_last_used_at <= v.at - interval '24 hours'))) THEN
                 PERFORM dg_record_decisions(w_rows);
                 w_rows := '{}';
             END IF;
-            IF v_dest_again THEN
+            IF v.dest = ANY (b_dests) THEN
                 SELECT h.ats, h.callers, h.answered INTO v_ats, v_callers, v_answered
                   FROM dg_destination_history(v.dest, v.at, v.dest_window_s) h;
             ELSE
@@ -275,7 +269,7 @@ BEGIN
                 v_callers := r.callers;
                 v_answered := r.answered;
             END IF;
-            IF v_cid_again THEN
+            IF v.caller = ANY (b_callers) THEN
                 SELECT n.counts, n.up INTO v_counts, v_up
                   FROM dg_callerid_counts(v.caller, v.at, v.cid_window_s, v.cid_cap_windows,
                                           v.max_call_s) n;
