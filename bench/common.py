@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import asyncpg
 
 from dialguard.policy.profile import builtin_raw
-from dialguard.store.embedded import EmbeddedPostgres
+from dialguard.store.embedded import EmbeddedError, EmbeddedPostgres, install_dir
 
 BENCH_DB = "dialguard_bench"
 DEFAULT_DATA_DIR = Path("/tmp/dialguard-bench/pgdata")
@@ -176,16 +176,12 @@ class LibpqTarget:
 
 
 def pg_bin(name: str) -> str:
-    """A PostgreSQL client program: pgserver's (the embedded server's version), else PATH."""
+    """A PostgreSQL client program: the embedded server's (its version), else PATH."""
     try:
-        from pgserver._commands import POSTGRES_BIN_PATH
-
-        candidate = Path(POSTGRES_BIN_PATH) / name
-        if candidate.exists():
-            return str(candidate)
-    except ImportError:
-        pass
-    return name
+        candidate = install_dir() / "bin" / name
+    except EmbeddedError:
+        return name
+    return str(candidate) if candidate.exists() else name
 
 
 @asynccontextmanager

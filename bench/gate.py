@@ -245,6 +245,7 @@ async def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="dialguard-bench-gate-"))
+    workdir.chmod(0o711)  # as root the embedded server runs as its own user: let it pass
     embedded = None
     dsn = args.dsn
     if dsn is None:

@@ -1,6 +1,6 @@
 """Shared fixtures: a real PostgreSQL for the whole run and a fresh database for each test.
 
-The server is the embedded one (pgserver) in a temporary directory, or the one named by
+The server is the embedded one in a temporary directory, or the one named by
 ``DIALGUARD_TEST_DSN``. Each test gets a database copied from a migrated template, which takes
 milliseconds and keeps tests independent.
 """
@@ -10,17 +10,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from dialguard.store.connection import create_pool
-from dialguard.store.embedded import EmbeddedPostgres
+from dialguard.store.embedded import EmbeddedPostgres, temporary_data_dir
 from dialguard.store.migrate import migrate
 
 TEMPLATE = "dg_template"
@@ -37,8 +35,8 @@ def pg_admin_dsn() -> Iterator[str]:
     if os.environ.get("DIALGUARD_TEST_DSN"):
         yield os.environ["DIALGUARD_TEST_DSN"]
         return
-    with tempfile.TemporaryDirectory(prefix="dialguard-test-pg-") as tmp:
-        server = EmbeddedPostgres(Path(tmp) / "pgdata")
+    with temporary_data_dir(prefix="dialguard-test-pg-") as tmp:
+        server = EmbeddedPostgres(tmp / "pgdata")
         dsn = server.start()
         try:
             yield dsn

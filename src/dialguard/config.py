@@ -114,6 +114,10 @@ class Settings:
 
 
 def default_data_dir() -> Path:
+    """``/var/lib/dialguard`` as root (the embedded server then runs as the system user
+    ``dialguard``, which must reach it), else the user's data directory."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/dialguard")
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "dialguard"
 

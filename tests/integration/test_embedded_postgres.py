@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
+import stat
 import subprocess
 import sys
 import time
@@ -19,7 +21,18 @@ from typing import Any
 import asyncpg
 import pytest
 
-from dialguard.store.embedded import SETTINGS_FILE, EmbeddedPostgres, server_settings
+from dialguard.store.embedded import (
+    ROOT_DATA_DIR,
+    SETTINGS_FILE,
+    SYSTEM_USER,
+    EmbeddedError,
+    EmbeddedPostgres,
+    ServerUser,
+    install_dir,
+    private_dir,
+    server_settings,
+    temporary_data_dir,
+)
 from dialguard.store.migrate import migration_files
 
 DIALGUARD = Path(sys.executable).parent / "dialguard"
@@ -66,15 +79,16 @@ def fetch(url: str, query: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "dialguard-data"
-    assert not path.exists()
-    yield path
-    # Never leave a server behind, whatever the test did.
-    if (path / "pgdata" / "postmaster.pid").exists():
-        handle = EmbeddedPostgres(path / "pgdata")
-        handle.start()
-        handle.stop()
+def data_dir() -> Iterator[Path]:
+    with temporary_data_dir(prefix="dialguard-embedded-") as tmp:
+        path = tmp / "dialguard-data"
+        assert not path.exists()
+        yield path
+        # Never leave a server behind, whatever the test did.
+        if (path / "pgdata" / "postmaster.pid").exists():
+            handle = EmbeddedPostgres(path / "pgdata")
+            handle.start()
+            handle.stop()
 
 
 @pytest.mark.slow
@@ -176,3 +190,95 @@ def test_the_embedded_server_runs_with_dialguards_settings_and_keeps_an_operator
         if SETTINGS_FILE in line
     ]
     assert includes == [f"include_if_exists = '{SETTINGS_FILE}'"]
+
+
+def modes_above(path: Path) -> dict[Path, tuple[int, int, int]]:
+    """Mode, owner and group of every directory from ``/`` down to ``path``'s parent."""
+    return {p: (p.stat().st_mode, p.stat().st_uid, p.stat().st_gid) for p in path.parents}
+
+
+def process_uid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Uid line for {pid}")
+
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the behaviour as root")
+
+
+@pytest.mark.slow
+@as_root
+def test_as_root_the_server_runs_as_the_system_user_and_nothing_above_changes_mode(
+    data_dir: Path,
+) -> None:
+    # A closed directory on the way to the package's binaries (as /root would be) is fine: the
+    # server user never reads them there.
+    deep = data_dir / "a" / "b"
+    deep.mkdir(parents=True)
+    deep.parent.chmod(0o751)
+    pgdata = deep / "pgdata"
+    before = modes_above(pgdata)
+    binaries_before = modes_above(install_dir() / "bin" / "postgres")
+
+    handle = EmbeddedPostgres(pgdata)
+    handle.start()
+    try:
+        account = pwd.getpwnam(SYSTEM_USER)
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+        assert process_uid(pid) == account.pw_uid
+        assert account.pw_shell in ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false")
+        assert account.pw_uid < 1000  # a system account
+        st = pgdata.stat()
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (account.pw_uid, 0o700)
+        # The binaries it runs are in the data directory, not the virtualenv.
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        assert Path(cmdline).is_relative_to(deep)
+    finally:
+        handle.stop()
+    assert modes_above(pgdata) == before
+    assert modes_above(install_dir() / "bin" / "postgres") == binaries_before
+    with pytest.raises(KeyError):
+        pwd.getpwnam("pgserver")  # the old package's login user is never made
+
+
+@pytest.mark.slow
+@as_root
+def test_as_root_a_data_directory_the_system_user_cannot_reach_is_refused_by_name(
+    data_dir: Path,
+) -> None:
+    closed = data_dir / "closed"
+    closed.mkdir(parents=True)
+    closed.chmod(0o700)
+    with pytest.raises(EmbeddedError) as caught:
+        EmbeddedPostgres(closed / "pgdata").start()
+    assert f"{closed} is mode 0700" in str(caught.value)
+    assert str(ROOT_DATA_DIR) in str(caught.value)
+    assert stat.S_IMODE(closed.stat().st_mode) == 0o700
+    assert not (closed / "pgdata" / "PG_VERSION").exists()
+
+
+def test_a_runtime_directory_made_by_someone_else_is_refused(tmp_path: Path) -> None:
+    me = pwd.getpwuid(os.geteuid())
+    user = ServerUser(me.pw_name, me.pw_uid, me.pw_gid)
+    mine = private_dir(tmp_path / "mine", user)
+    assert stat.S_IMODE(mine.stat().st_mode) == 0o700
+    assert private_dir(tmp_path / "mine", user) == mine  # found as made: reused
+
+    open_to_others = tmp_path / "open"
+    open_to_others.mkdir()
+    open_to_others.chmod(0o777)
+    with pytest.raises(EmbeddedError, match="mode 0777"):
+        private_dir(open_to_others, user)
+
+    (tmp_path / "target").mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    with pytest.raises(EmbeddedError, match="not a directory"):
+        private_dir(tmp_path / "link", user)
+
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 65534, 65534)
+        with pytest.raises(EmbeddedError, match="belongs to uid 65534"):
+            private_dir(theirs, user)

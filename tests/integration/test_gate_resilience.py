@@ -14,7 +14,7 @@ import pytest
 
 from dialguard.store.callerids import CallerIdStore
 from dialguard.store.connection import create_pool
-from dialguard.store.embedded import EmbeddedPostgres
+from dialguard.store.embedded import EmbeddedPostgres, temporary_data_dir
 from dialguard.store.migrate import migrate
 from dialguard.testing import Call, FakeAsterisk, Outcome
 from tests.integration.test_gate import CALLER, _poll, _stasis_id, running_service
@@ -99,11 +99,12 @@ class OutagePostgres:
 
 
 @pytest.fixture
-async def outage_pg(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[OutagePostgres]:
-    pg = OutagePostgres(tmp_path_factory.mktemp("outage") / "pgdata")
-    await asyncio.to_thread(pg.start)
-    yield pg
-    await asyncio.to_thread(pg.stop)
+async def outage_pg() -> AsyncIterator[OutagePostgres]:
+    with temporary_data_dir(prefix="dialguard-outage-") as tmp:
+        pg = OutagePostgres(tmp / "pgdata")
+        await asyncio.to_thread(pg.start)
+        yield pg
+        await asyncio.to_thread(pg.stop)
 
 
 async def _run_outage(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -214,10 +215,17 @@ def test_a_data_dir_with_a_tilde_is_expanded(tmp_path: Path) -> None:
 
 
 def test_the_default_data_dir_follows_xdg_data_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setenv("XDG_DATA_HOME", "/xdg/data")
     assert default_data_dir() == Path("/xdg/data/dialguard")
     monkeypatch.delenv("XDG_DATA_HOME")
     assert default_data_dir() == Path.home() / ".local" / "share" / "dialguard"
+
+
+def test_as_root_the_default_data_dir_is_var_lib_dialguard(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setenv("XDG_DATA_HOME", "/xdg/data")
+    assert default_data_dir() == Path("/var/lib/dialguard")
 
 
 def test_every_invalid_value_is_reported_at_once_one_line_each(tmp_path: Path) -> None:
