@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +100,7 @@ def build_decider(
         deadline=settings.gate.decision_deadline if deadline is None else deadline,
         fail_mode=settings.gate.fail_mode,
         spool=spool,
+        time_tolerance=settings.database.clock_tolerance,
     )
 
 
@@ -191,7 +192,7 @@ class Service:
         from dialguard.spool import Spool
         from dialguard.store.complaints import ComplaintStore
         from dialguard.store.decisions import insert_spooled
-        from dialguard.tasks import TaskSet
+        from dialguard.tasks import Supervisor, TaskSet
 
         self.settings = settings
         self.stores = stores
@@ -203,7 +204,12 @@ class Service:
         stores.decisions.observe_batches(self.metrics.decision_batch)
         self.gc_pauses = PauseObserver(self.metrics.gc_pause)
         self.tasks = TaskSet()
-        self.spool = Spool(settings.gate.spool_dir, lambda rows: insert_spooled(stores.pool, rows))
+        self.supervisor = Supervisor(self.metrics.background_error)
+        self.spool = Spool(
+            settings.gate.spool_dir,
+            lambda rows: insert_spooled(stores.pool, rows),
+            on_error=self.metrics.background_error,
+        )
         self.complaints = ComplaintStore(stores.pool)
         self.feedback = Feedback(
             complaints=self.complaints,
@@ -223,7 +229,11 @@ class Service:
             settings.ari.app,
         )
         self.outcomes = OutcomeTracker(
-            StoreOutcomeSink(stores.decisions, self.metrics), self.metrics, self.tasks.spawn
+            StoreOutcomeSink(
+                stores.decisions, self.metrics, on_error=self.metrics.background_error
+            ),
+            self.metrics,
+            self.tasks.spawn,
         )
         gate = settings.gate
         self.gate = Gate(
@@ -242,6 +252,7 @@ class Service:
             self.outcomes,
             self.tasks,
             self.metrics,
+            spool=self.spool,
         )
         self.listener = EventListener(
             settings.ari.url,
@@ -259,7 +270,6 @@ class Service:
         if settings.proxy.listen is not None:
             self.proxy = build_proxy(settings, self.decider, self.outcomes)
         self._runners: list[Any] = []
-        self._housekeeping: asyncio.Task[None] | None = None
 
     def reload_profiles(self, config_path: Path | None) -> bool:
         """Re-read the configuration and apply its profiles to the next decisions.
@@ -287,7 +297,11 @@ class Service:
 
         from dialguard.api.health import add_health_routes
         from dialguard.metrics_http import make_metrics_app
+        from dialguard.store.errors import StoreUnavailable
 
+        with contextlib.suppress(StoreUnavailable):
+            # The database's clock, for the first decisions' pure checks (later ones keep it).
+            await self.decider.sync_clock()
         metrics_app = make_metrics_app(self.registry)
         api_app = self.build_api()
         add_health_routes(api_app, self.readiness)
@@ -302,8 +316,8 @@ class Service:
         if self.proxy is not None:
             await self.proxy.start()
         self.gc_pauses.install()
-        await self.spool.start()
-        self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        self.supervisor.start("spool_replay", self.spool.write_back_forever)
+        self.supervisor.start("housekeeping", self._housekeep)
         await self.listener.start()
         log.info(
             "dialguard serving: API %s:%s, metrics %s:%s, ARI %s",
@@ -318,7 +332,8 @@ class Service:
         from dialguard.api.routes import ApiDeps, build_api_app
         from dialguard.bulk_numbers import BulkNumbers
         from dialguard.scrub import Scrubber
-        from dialguard.store.errors import Conflict, NotFound, StoreUnavailable
+        from dialguard.decider import TimeRefused
+        from dialguard.store.errors import Conflict, InvalidValue, NotFound, StoreUnavailable
         from dialguard.store.health import HealthStore
         from dialguard.store.scrub import ScrubStore
 
@@ -345,6 +360,8 @@ class Service:
                 NotFound: (404, "not_found"),
                 Conflict: (409, "conflict"),
                 StoreUnavailable: (503, "store_unavailable"),
+                TimeRefused: (400, "time_refused"),
+                InvalidValue: (400, "invalid_value"),
             },
         )
         return build_api_app(deps)
@@ -357,12 +374,10 @@ class Service:
         self.gate.on_disconnect()
         if not await self.gate.drain(self._drain_timeout):
             log.error("stopping with decisions still in flight after %.0f s", self._drain_timeout)
+        await self.gate.close()
         await self.tasks.drain(2.0)
         await self.tasks.cancel_all()
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
+        await self.supervisor.stop()
         await self.spool.stop()
         with contextlib.suppress(Exception):
             await self.spool.flush()
@@ -372,26 +387,55 @@ class Service:
         await self.ari.close()
         await self._session.close()
 
-    async def _housekeep(self) -> None:
+    async def _housekeep(self, interval: float = 15.0) -> None:
+        """Expire stale outcome tracking, refresh the caller-ID gauges, prune old decisions.
+
+        Each step's error is logged and counted, and the next step and the next round run all
+        the same; the supervisor restarts the loop should it die anyway.
+        """
+        loop = asyncio.get_running_loop()
+        next_prune = 0.0
+        while True:
+            for step in (self._expire_outcomes, self._refresh_gauges):
+                await self._housekeeping_step(step)
+            due = self.settings.database.retention is not None and loop.time() >= next_prune
+            if due and await self._housekeeping_step(self._prune):
+                next_prune = loop.time() + 3600
+            await asyncio.sleep(interval)
+
+    async def _housekeeping_step(self, step: Callable[[], Awaitable[None]]) -> bool:
+        from dialguard.store.errors import StoreUnavailable
+
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except StoreUnavailable as exc:
+            log.warning("housekeeping: %s waits for the database: %s", step.__name__, exc)
+        except Exception:
+            log.exception("housekeeping: %s failed; carrying on", step.__name__)
+        else:
+            return True
+        self.metrics.background_error("housekeeping")
+        return False
+
+    async def _expire_outcomes(self) -> None:
+        self.outcomes.expire()
+
+    async def _refresh_gauges(self) -> None:
+        self.metrics.set_callerid_states(await self.stores.callerids.state_counts())
+
+    async def _prune(self) -> None:
         from datetime import UTC, datetime, timedelta
 
         from dialguard.store.decisions import prune
-        from dialguard.store.errors import StoreUnavailable
 
         retention = self.settings.database.retention
-        next_prune = 0.0
-        loop = asyncio.get_running_loop()
-        while True:
-            self.outcomes.expire()
-            with contextlib.suppress(StoreUnavailable):
-                self.metrics.set_callerid_states(await self.stores.callerids.state_counts())
-                if retention is not None and loop.time() >= next_prune:
-                    cutoff = datetime.now(UTC) - timedelta(seconds=retention)
-                    removed = await prune(self.stores.pool, cutoff)
-                    if removed:
-                        log.info("pruned %d decisions older than %s", removed, cutoff)
-                    next_prune = loop.time() + 3600
-            await asyncio.sleep(15)
+        assert retention is not None
+        cutoff = datetime.now(UTC) - timedelta(seconds=retention)
+        removed = await prune(self.stores.pool, cutoff)
+        if removed:
+            log.info("pruned %d decisions older than %s", removed, cutoff)
 
 
 async def serve(

@@ -2,13 +2,21 @@
 
 Filter, then match: :meth:`Gate.on_event` runs on the websocket reader, so it only routes; each
 StasisStart is decided in its own task under a deadline, and the reader never waits for it.
+
+On each connect the gate subscribes to the trunks and reconciles the channels left parked in
+Stasis while it was away, both in a background task, each retried with jittered backoff until
+it succeeds (readiness waits for both). New calls are decided meanwhile, not queued behind the
+reconciliation; the parked channels are decided oldest first (``creationtime``), a few at a
+time, since the oldest are nearest the dialplan's ``TIMEOUT(absolute)``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,6 +25,7 @@ from dialguard.ari.errors import (
     AriUnavailable,
     ChannelGone,
     DialplanTargetNotFound,
+    MalformedEvent,
     NotInStasis,
 )
 from dialguard.ari.events import (
@@ -29,6 +38,7 @@ from dialguard.ari.events import (
     Event,
     StasisStart,
 )
+from dialguard.ari.listener import jittered_backoff
 from dialguard.outcomes import OutcomeTracker
 from dialguard.policy.model import Decision, DecisionRequest
 from dialguard.tasks import TaskSet
@@ -57,6 +67,13 @@ class GateMetrics(Protocol):
     def dialplan_misconfigured(self) -> None: ...
     def ari_reconnect(self) -> None: ...
     def ungated_call(self) -> None: ...
+    def background_error(self, task: str) -> None: ...
+
+
+class SpoolBarrier(Protocol):
+    """The fail-open spool, as far as the gate waits for it."""
+
+    async def durable(self, within: float | None = None) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +87,12 @@ class GateConfig:
     destination_from: str
     enforce_gate: bool = False
     ungated_grace: float = 2.0
+    # Parked channels decided at once during a reconciliation: enough to clear a backlog in
+    # well under the dialplan's 5 s, few enough that the oldest go first and new calls still
+    # find the database free.
+    reconcile_concurrency: int = 8
+    # How long a fail-open allow waits for its spool line to reach the disk before it goes on.
+    spool_wait: float = 1.0
 
 
 # The event types Gate.on_event acts on; the listener drops the rest unparsed.
@@ -96,8 +119,13 @@ class Gate:
         outcomes: OutcomeTracker,
         tasks: TaskSet,
         metrics: GateMetrics | None = None,
+        *,
+        spool: SpoolBarrier | None = None,
+        backoff: Callable[[int], float] | None = None,
     ) -> None:
         self._config = config
+        self._spool = spool
+        self._backoff = backoff or jittered_backoff(base=0.2, cap=5.0)
         self._decider = decider
         self._ari = ari
         self._outcomes = outcomes
@@ -105,7 +133,12 @@ class Gate:
         self._tasks = tasks
         self._deciding: set[str] = set()
         self._connected = False
+        self._subscribed = False
         self._reconciled = False
+        # Channels this connection has started deciding, while its reconciliation runs: the
+        # reconciliation skips them (a StasisStart can beat it to a channel it also lists).
+        self._settled: set[str] | None = None
+        self._connecting: asyncio.Task[None] | None = None
         self._replaced = False
         self._connections = 0
         self._trunk_prefixes = tuple(t + "-" for t in config.trunks)
@@ -117,11 +150,12 @@ class Gate:
 
     @property
     def ready(self) -> bool:
-        return self._connected and self._reconciled and not self._replaced
+        return self._connected and self._subscribed and self._reconciled and not self._replaced
 
     def status(self) -> dict[str, bool]:
         return {
             "ari_connected": self._connected,
+            "subscribed": self._subscribed,
             "reconciled": self._reconciled,
             "replaced": self._replaced,
         }
@@ -129,32 +163,105 @@ class Gate:
     # -- listener callbacks -------------------------------------------------------------------
 
     async def on_connect(self) -> None:
-        """Subscribe to the trunks, then decide every channel left parked while we were away."""
+        """Start subscribing and reconciling in the background, and return at once.
+
+        The listener delivers events only after this returns: returning at once lets new
+        StasisStart events through while the reconciliation runs.
+        """
         self._connected = True
         self._replaced = False
+        self._subscribed = not self._config.trunks
+        self._reconciled = False
+        self._settled = set()
         self._connections += 1
         if self._metrics is not None:
             self._metrics.ari_connected(True)
             if self._connections > 1:
                 self._metrics.ari_reconnect()
-        for trunk in self._config.trunks:
-            await self._ari.subscribe(f"endpoint:{trunk}")
-        parked = [c for c in await self._ari.list_channels() if self._is_parked_here(c)]
-        if parked:
-            log.warning("reconciling %d channels parked in Stasis while disconnected", len(parked))
-        results = await asyncio.gather(
-            *(self._reconcile(raw) for raw in parked), return_exceptions=True
-        )
-        for raw, result in zip(parked, results, strict=True):
-            if isinstance(result, BaseException):
-                log.error("channel %s: reconciliation failed: %s", raw.get("id"), result)
-        self._reconciled = True
+        self._stop_connecting()
+        self._connecting = asyncio.create_task(self._after_connect(), name="ari-after-connect")
 
     def on_disconnect(self) -> None:
         self._connected = False
+        self._subscribed = False
         self._reconciled = False
+        self._settled = None
+        self._stop_connecting()
         if self._metrics is not None:
             self._metrics.ari_connected(False)
+
+    async def _after_connect(self) -> None:
+        await asyncio.gather(
+            self._until_done("ari_subscribe", "subscribing to the trunks", self._subscribe),
+            self._until_done("ari_reconcile", "reconciling parked channels", self._reconcile_all),
+        )
+
+    async def _until_done(self, task: str, what: str, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step`` until it succeeds, pausing with jittered backoff after each failure."""
+        attempt = 0
+        while True:
+            try:
+                await step()
+                if attempt:
+                    log.info("%s succeeded after %d failed attempts", what, attempt)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._metrics is not None:
+                    self._metrics.background_error(task)
+                delay = self._backoff(attempt)
+                attempt += 1
+                log.warning(
+                    "%s failed (%s: %s); attempt %d, retrying in %.2f s",
+                    what,
+                    type(exc).__name__,
+                    exc,
+                    attempt,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _subscribe(self) -> None:
+        # Subscribing is idempotent: a retry asks for every trunk again.
+        for trunk in self._config.trunks:
+            await self._ari.subscribe(f"endpoint:{trunk}")
+        self._subscribed = True
+
+    async def _reconcile_all(self) -> None:
+        """Decide every channel parked in our Stasis app, oldest first, a few at a time."""
+        parked: list[Channel] = []
+        for raw in await self._ari.list_channels():
+            if not self._is_parked_here(raw):
+                continue
+            try:
+                parked.append(Channel.from_json(raw))
+            except MalformedEvent as exc:
+                log.error("channel %s: cannot reconcile: %s", raw.get("id"), exc.message)
+        if parked:
+            log.warning("reconciling %d channels parked in Stasis while disconnected", len(parked))
+        parked.sort(key=lambda channel: channel.creationtime)
+        queue = deque(parked)
+
+        async def work() -> None:
+            while queue:
+                await self._reconcile(queue.popleft())
+
+        await asyncio.gather(*(work() for _ in range(self._config.reconcile_concurrency)))
+        self._reconciled = True
+        self._settled = None
+
+    def _stop_connecting(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+
+    async def close(self) -> None:
+        """Cancel and await the subscription and reconciliation of the current connection."""
+        task, self._connecting = self._connecting, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def on_event(self, event: Event) -> None:
         match event:
@@ -192,8 +299,7 @@ class Gate:
     def _spawn(self, coro: Awaitable[None]) -> None:
         self._tasks.spawn(coro)
 
-    async def _reconcile(self, raw: dict[str, Any]) -> None:
-        channel = Channel.from_json(raw)
+    async def _reconcile(self, channel: Channel) -> None:
         args = tuple(a for a in channel.app_data.split(",")[1:])
         await self._decide_channel(channel, args, reconciling=True)
 
@@ -202,6 +308,10 @@ class Gate:
     ) -> None:
         if channel.id in self._deciding:
             return  # reconciliation and a late StasisStart for the same channel
+        if self._settled is not None:
+            if reconciling and channel.id in self._settled:
+                return  # its StasisStart came first and was decided (or is being decided)
+            self._settled.add(channel.id)
         self._deciding.add(channel.id)
         try:
             recalled = await self._decider.recall(channel.id) if reconciling else None
@@ -261,6 +371,7 @@ class Gate:
             self._ari.set_variable(
                 channel.id, "DIALGUARD_DECISION_ID", str(decision.decision_id or "")
             ),
+            self._spooled(channel, decision),
         )
         # Fail-open decisions have no id yet, but the call is allowed all the same: tracked, so
         # the bypass detector leaves its trunk leg alone.
@@ -268,6 +379,18 @@ class Gate:
             channel.id, decision.decision_id, decision.campaign, decision.caller_id
         )
         await self._ari.continue_in_dialplan(channel.id, label=self._config.allow_label)
+
+    async def _spooled(self, channel: Channel, decision: Decision) -> None:
+        """A fail-open allow (no decision id) goes on once its spool line is on disk."""
+        if decision.decision_id is not None or self._spool is None:
+            return
+        if not await self._spool.durable(self._config.spool_wait):
+            log.error(
+                "channel %s: allowed in fail-open mode before its spool line reached the disk"
+                " (%.1f s); a crash now would lose it",
+                channel.id,
+                self._config.spool_wait,
+            )
 
     async def _deny(self, channel: Channel, decision: Decision) -> None:
         rule = decision.rule.value if decision.rule else ""

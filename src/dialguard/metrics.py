@@ -40,6 +40,7 @@ from dialguard.policy.codes import (
 )
 
 __all__ = [
+    "BACKGROUND_TASKS",
     "DECISION_SECONDS_BUCKETS",
     "DEFAULT_CAMPAIGN",
     "DEFAULT_MAX_CALLER_IDS",
@@ -101,6 +102,15 @@ _STATES: Final[tuple[str, ...]] = tuple(state.value for state in CallerIdState)
 _REASONS: Final[tuple[str, ...]] = tuple(reason.value for reason in RestReason)
 _OUTCOMES: Final[tuple[str, ...]] = tuple(outcome.value for outcome in Outcome)
 _RESERVED_LABELS: Final = frozenset({OVERFLOW_LABEL, REDACTED_LABEL})
+# The background work whose errors are counted: the label set of dialguard_background_errors_total.
+BACKGROUND_TASKS: Final[tuple[str, ...]] = (
+    "housekeeping",
+    "outcome_sink",
+    "spool_write",
+    "spool_replay",
+    "ari_subscribe",
+    "ari_reconcile",
+)
 
 
 def looks_like_phone_number(value: str) -> bool:
@@ -250,6 +260,17 @@ class Metrics:
             "Calls allowed without the store's checks because of fail mode open.",
             registry=registry,
         )
+        self._background_errors = Counter(
+            "dialguard_background_errors_total",
+            "Errors met by background work, by task: a loop that died and was restarted, a "
+            "housekeeping step, an outcome write, a spool write or write-back, an ARI "
+            "subscription or reconciliation attempt. Each was logged and retried.",
+            ("task",),
+            registry=registry,
+        )
+        self._background_children = {
+            task: self._background_errors.labels(task=task) for task in BACKGROUND_TASKS
+        }
         build_info = Gauge(
             "dialguard_build_info",
             "Always 1; the version label tells which dialguard is running.",
@@ -321,6 +342,13 @@ class Metrics:
 
     def store_error(self) -> None:
         self._store_errors.inc()
+
+    def background_error(self, task: str) -> None:
+        """Count one error of background ``task`` (one of :data:`BACKGROUND_TASKS`)."""
+        child = self._background_children.get(task)
+        if child is None:
+            raise ValueError(f"no background task is called {task!r}")
+        child.inc()
 
     # -- feedback ----------------------------------------------------------------------------
 

@@ -349,11 +349,13 @@ class StoreOutcomeSink:
         *,
         attempts: int = 30,
         pause: float = 1.0,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._attempts = attempts
         self._pause = pause
+        self._on_error = on_error
 
     async def record(self, outcome: CallOutcome) -> None:
         for attempt in range(self._attempts):
@@ -375,8 +377,19 @@ class StoreOutcomeSink:
                         RestReason.CARRIER_BLOCK_SUSPECTED.value, outcome.campaign
                     )
                 return
-            except StoreUnavailable as exc:
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # An outage (StoreUnavailable) or anything unforeseen: logged, counted, retried.
+                if self._on_error is not None:
+                    self._on_error("outcome_sink")
                 if attempt + 1 == self._attempts:
                     log.error("outcome of decision %s lost: %s", outcome.decision_id, exc)
                     return
+                if isinstance(exc, StoreUnavailable):
+                    # Every call ending during an outage waits here: one line each, not one a try.
+                    level = logging.WARNING if attempt == 0 else logging.DEBUG
+                    log.log(level, "outcome of decision %s waits: %s", outcome.decision_id, exc)
+                else:
+                    log.exception("outcome of decision %s failed; retrying", outcome.decision_id)
                 await asyncio.sleep(self._pause)

@@ -5,10 +5,12 @@ Delivery contract:
   event, in arrival order. Whoever needs I/O schedules a task of its own.
 - After each (re)connect, `on_connect()` is awaited before any event of that connection is
   delivered. Events that arrive meanwhile are buffered (the socket keeps being read) and
-  delivered in order as soon as `on_connect()` returns or fails, so nothing is lost and the
-  handler sees the reconciliation first. Asterisk does not replay StasisStart for channels that
-  were parked while we were away; `on_connect()` is where to find them (GET /channels). A
-  channel can show up both in that listing and in the buffered events: dedupe by channel id.
+  delivered in order as soon as `on_connect()` returns or fails, so nothing is lost. Every
+  event waits for it, so `on_connect()` should return quickly and start long or retried work
+  (subscriptions, reconciliation) as a task of its own that it owns; otherwise new calls wait
+  behind it. Asterisk does not replay StasisStart for channels that were parked while we were
+  away; GET /channels finds them. A channel can show up both in that listing and in the
+  events: dedupe by channel id.
 - `on_disconnect()` is called once for each connection that ends, before the next attempt.
 
 `subscribe_all` is False by default: the application then receives events for its own Stasis
@@ -221,7 +223,7 @@ class EventListener:
             raise
         except Exception:
             # The socket is fine; failing here must not stop event delivery. on_connect
-            # owns its retries (reconciliation runs again on the next connect anyway).
+            # owns its retries.
             log.exception("ARI events: on_connect failed for app %s", self.app)
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
