@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -40,6 +41,25 @@ def make_decider(pool: asyncpg.Pool, profiles: BuiltinProfiles | None = None, **
 
 # 15:00 UTC = 10:00 in New York: inside the default calling hours for US numbers.
 NOON_NY = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
+
+# Number blocks (a prefix to complete with four digits) in zones that cover the clock between
+# them: at any moment one of them is well inside the default calling hours (08:00-21:00).
+_DAYTIME_BLOCKS = (
+    ("+1212264", "America/New_York"),
+    ("+44207946", "Europe/London"),
+    ("+8133555", "Asia/Tokyo"),
+    ("+86106552", "Asia/Shanghai"),
+)
+
+
+def daytime_block(now: datetime | None = None) -> str:
+    """A number block whose local time is now between 09:00 and 20:00, so that live decisions
+    (on the real clock) to its numbers are inside calling hours for the next hour at least."""
+    now = now or datetime.now(UTC)
+    for prefix, zone in _DAYTIME_BLOCKS:
+        if 9 <= now.astimezone(ZoneInfo(zone)).hour < 20:
+            return prefix
+    raise AssertionError(f"no daytime block at {now.isoformat()}")
 
 
 # Every limit off.

@@ -45,6 +45,8 @@ class DatabaseSettings:
     pool_size: int
     decision_batches: int  # batches of decisions in flight at once; 0: each decision alone
     retention: int | None  # seconds of audit log kept; None keeps everything
+    # How far a recorded decision's explicit time may be from the database's clock.
+    clock_tolerance: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,7 @@ _SCHEMA: dict[tuple[str, str], tuple[Any, str]] = {
     ("database", "pool_size"): (20, "int"),
     ("database", "decision_batches"): (2, "int"),
     ("database", "retention"): ("400d", "retention"),
+    ("database", "clock_tolerance"): ("5s", "seconds"),
     ("ari", "url"): ("http://127.0.0.1:8088/ari", "url"),
     ("ari", "username"): ("dialguard", "str"),
     ("ari", "password"): ("", "str"),
@@ -379,6 +382,7 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
             v("database", "pool_size"),
             v("database", "decision_batches"),
             v("database", "retention"),
+            v("database", "clock_tolerance"),
         ),
         ari=AriSettings(
             v("ari", "url"),

@@ -9,14 +9,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from dialguard.bulk_numbers import BulkNumbers
 from dialguard.deadlines import Deadlines
 from dialguard.numbers import cached_normalise
 from dialguard.policy.checks import precheck
+from dialguard.policy.clock import ClockOffset
 from dialguard.policy.codes import DEFAULT_CAMPAIGN, Rule, Verdict
 from dialguard.policy.evidence import callable_at, explain
 from dialguard.policy.model import Decision, DecisionRequest, Facts
@@ -26,6 +27,16 @@ from dialguard.store.decisions import DecideParams, DecideResult, DecideRules, D
 from dialguard.store.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+# The share of the decision deadline a recorded decision may spend waiting for its locks: the
+# rest is left for the read, the commit and the answer's way back, so that the database never
+# records an attempt whose caller has already stopped waiting.
+_RECORD_SHARE = 0.8
+
+
+class TimeRefused(ValueError):
+    """A recorded decision asked for a time that is not now (a client cannot place a call in
+    the past or the future); ``check --at`` and ``replay`` are the tools for other times."""
 
 
 class DecisionMetrics(Protocol):
@@ -53,7 +64,14 @@ class ProfileSource(Protocol):
 
 
 class Decider:
-    """Decides attempts. Holds a per-campaign profile cache keyed by the campaign's version."""
+    """Decides attempts. Holds a per-campaign profile cache keyed by the campaign's version.
+
+    ``clock`` is this machine's clock; the decider follows the database's clock through it
+    (:class:`~dialguard.policy.clock.ClockOffset`), since a live decision's time is the
+    database's. A recorded decision that names its own time is refused when that time is more
+    than ``time_tolerance`` seconds from the database's clock, unless it is an audit replay
+    (``DecisionRequest.as_of``).
+    """
 
     def __init__(
         self,
@@ -67,6 +85,7 @@ class Decider:
         fail_mode: str = "closed",
         spool: FailOpenSpool | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        time_tolerance: float = 5.0,
     ) -> None:
         self._decisions = decisions
         self._campaigns = campaigns
@@ -77,6 +96,8 @@ class Decider:
         self._fail_mode = fail_mode
         self._spool = spool
         self._clock = clock
+        self._database_clock = ClockOffset()
+        self._tolerance = timedelta(seconds=time_tolerance)
         # Per campaign: its version, its profile, and the profile's rules as decisions send them.
         self._cache: dict[str, tuple[int, Profile, DecideRules]] = {}
         # E.164 input (and national numbers of the North American plan) is classified once per
@@ -84,10 +105,25 @@ class Decider:
         # phonenumbers parse of the destination and caller ID; other input is parsed alone.
         self._classify = BulkNumbers(numbers.default_region, numbers.fallback_timezone).classify
 
+    def now(self) -> datetime:
+        """The database's clock, as estimated here."""
+        return self._clock() + self._database_clock.offset
+
+    async def sync_clock(self) -> None:
+        """Read the database's clock once (at start: decisions keep it in step after)."""
+        sent = self._clock()
+        stamp = await self._decisions.database_time()
+        self._database_clock.observe(sent, stamp, self._clock())
+
     async def decide(self, request: DecisionRequest) -> Decision:
         started = time.perf_counter()
         campaign = request.campaign or DEFAULT_CAMPAIGN
-        at = request.at or self._clock()
+        # Live: placed now (a time given with it only had to be now, within the tolerance).
+        live = request.at is None or (request.record and not request.as_of)
+        if live and request.at is not None:
+            await self._refuse_other_times(request.at)
+        sent = self._clock()
+        at = sent + self._database_clock.offset if live or request.at is None else request.at
         numbers = self._numbers
         destination, zones = self._classify(request.destination)
         raw_caller = request.caller_id
@@ -97,10 +133,15 @@ class Decider:
             caller = cached_normalise(raw_caller, numbers.default_region)
         try:
             with self._deadline():
-                result = await self._round_trip(request, campaign, at, destination, zones, caller)
+                result = await self._round_trip(
+                    request, campaign, at, destination, zones, caller, live=live
+                )
         except (TimeoutError, StoreUnavailable) as exc:
             decision = self._undecidable(request, campaign, at, destination, caller, exc)
         else:
+            if result.at is not None and live:
+                self._database_clock.observe(sent, result.at, self._clock())
+                at = result.at
             rule = Rule(result.rule) if result.rule else None
             decision = Decision(
                 verdict=Verdict.DENY if rule else Verdict.ALLOW,
@@ -120,6 +161,21 @@ class Decider:
                 decision.verdict.value, rule_label, campaign, time.perf_counter() - started
             )
         return decision
+
+    async def _refuse_other_times(self, at: datetime) -> None:
+        if not self._database_clock.known:
+            try:
+                await self.sync_clock()
+            except StoreUnavailable:
+                pass  # judged on this machine's clock; the decision itself will fail over
+        now = self.now()
+        if abs(at - now) > self._tolerance:
+            raise TimeRefused(
+                f"a recorded decision is about a call placed now: {at.isoformat()} is"
+                f" {abs(at - now).total_seconds():.1f} s from the database's clock (tolerance"
+                f" {self._tolerance.total_seconds():g} s); leave the time out, or use"
+                " `dialguard check --at` (POST /v1/check) or `dialguard replay` for other times"
+            )
 
     async def attach_channel(self, decision_id: int, channel_id: str) -> None:
         """Link a recorded decision to the channel Asterisk made for it, once known (an ARI
@@ -176,13 +232,22 @@ class Decider:
         destination: str | None,
         zones: tuple[str, ...],
         caller: str | None,
+        *,
+        live: bool,
     ) -> DecideResult:
+        give_up = time.monotonic() + self._deadline.seconds * _RECORD_SHARE
         for _ in range(3):
             version, profile, rules = await self._cached(campaign)
             params = self._params(
                 request, campaign, at, destination, zones, caller, version, profile, rules
             )
+            if request.record:
+                params = replace(params, live=live, give_up=give_up)
             result = await self._decisions.decide(params)
+            if result.abandoned:
+                # The database held it past what its caller waits: nothing was recorded, and
+                # the caller's own deadline is about to end the wait.
+                raise TimeoutError("the decision waited too long for its locks")
             if not result.stale:
                 return result
             # Someone changed the campaign since we cached it: re-read and decide again.

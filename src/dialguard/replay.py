@@ -77,6 +77,7 @@ async def replay(
                 campaign=row.campaign or None,
                 at=row.at,
                 source="replay",
+                as_of=True,
             )
         )
         if decision.allowed and decision.decision_id is not None:

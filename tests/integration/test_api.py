@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from dialguard.store.callerids import CallerIdStore
 from tests.integration.api_harness import AUTH, TOKEN, api_client
-from tests.support import NOON_NY
+from tests.support import NOON_NY, daytime_block
 
 CID = "+12125550100"
 DEST = "+12122641234"
@@ -73,7 +74,7 @@ async def test_without_a_token_configured_loopback_needs_none(
 
 
 async def test_check_is_a_dry_run_and_decide_records(api: Client) -> None:
-    body = {"caller_id": CID, "destination": DEST, "at": NOON_NY.isoformat()}
+    body = {"caller_id": CID, "destination": daytime_block() + "1234"}
     status, checked = await call(api, "POST", "/v1/check", json=body)
     assert status == 200 and checked["verdict"] == "allow" and checked["decision_id"] is None
     assert set(checked) >= {"verdict", "rule", "evidence", "decision_id"}
@@ -83,6 +84,27 @@ async def test_check_is_a_dry_run_and_decide_records(api: Client) -> None:
     assert status == 200, "a deny is a result, not an error"
     assert (again["verdict"], again["rule"]) == ("deny", "destination_interval")
     assert again["callable_at"] is not None
+
+
+async def test_a_recorded_decision_at_another_time_is_refused(api: Client) -> None:
+    dest = daytime_block() + "1234"
+    status, decided = await call(
+        api, "POST", "/v1/decide", json={"caller_id": CID, "destination": dest}
+    )
+    assert status == 200 and decided["verdict"] == "allow"
+    # Backdated past the 4 h interval: it would be allowed if a client could say when it is.
+    backdated = (datetime.now(UTC) - timedelta(hours=5)).isoformat()
+    body = {"caller_id": CID, "destination": dest, "at": backdated}
+    status, refused = await call(api, "POST", "/v1/decide", json=body)
+    assert status == 400 and error_code(refused) == "time_refused"
+    assert "check --at" in refused["error"]["message"] and "replay" in refused["error"]["message"]
+    # As a dry run the same time is fine: an "as of" question.
+    status, checked = await call(api, "POST", "/v1/check", json=body)
+    assert status == 200 and checked["decision_id"] is None
+    # A time within the tolerance is "now": recorded, and judged on the database's clock.
+    body["at"] = datetime.now(UTC).isoformat()
+    status, again = await call(api, "POST", "/v1/decide", json=body)
+    assert status == 200 and again["rule"] == "destination_interval"
 
 
 async def test_decide_rejects_bad_bodies_with_their_position(api: Client) -> None:
@@ -117,19 +139,20 @@ async def test_json_bodies_over_max_body_are_413(pool: asyncpg.Pool, tmp_path: P
 
 
 async def test_decisions_are_listed_newest_first_filtered_and_paged(api: Client) -> None:
+    block = daytime_block()
     for i in range(3):
-        body = {"caller_id": CID, "destination": f"+1212264000{i}", "at": NOON_NY.isoformat()}
+        body = {"caller_id": CID, "destination": f"{block}000{i}"}
         await call(api, "POST", "/v1/decide", json=body)
     status, page = await call(api, "GET", "/v1/decisions", params={"limit": "2"})
     assert status == 200 and len(page["decisions"]) == 2 and page["next_cursor"]
-    assert page["decisions"][0]["destination"] == "+12122640002"
+    assert page["decisions"][0]["destination"] == f"{block}0002"
     status, rest = await call(
         api, "GET", "/v1/decisions", params={"limit": "2", "cursor": page["next_cursor"]}
     )
-    assert [d["destination"] for d in rest["decisions"]] == ["+12122640000"]
+    assert [d["destination"] for d in rest["decisions"]] == [f"{block}0000"]
     assert rest["next_cursor"] is None
     status, one = await call(
-        api, "GET", "/v1/decisions", params={"destination": "(212) 264-0001", "rule": "none"}
+        api, "GET", "/v1/decisions", params={"destination": f"{block}0001", "rule": "none"}
     )
     assert [d["verdict"] for d in one["decisions"]] == ["allow"]
     status, body = await call(api, "GET", "/v1/decisions", params={"rule": "nonsense"})

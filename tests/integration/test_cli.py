@@ -101,7 +101,7 @@ async def decide_here(
     """A decision made in the test's process, as the CLI's default configuration makes it."""
     when = datetime.fromisoformat(at.replace("Z", "+00:00"))
     return await make_decider(pool).decide(
-        DecisionRequest(caller_id=caller, destination=dest, campaign=campaign, at=when)
+        DecisionRequest(caller_id=caller, destination=dest, campaign=campaign, at=when, as_of=True)
     )
 
 

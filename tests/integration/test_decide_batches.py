@@ -48,7 +48,10 @@ async def scenario(pool: asyncpg.Pool, area: str, at: datetime) -> list[Decision
 
     def call(caller: str, destination: str, seconds: int) -> DecisionRequest:
         return DecisionRequest(
-            caller_id=caller, destination=destination, at=at + timedelta(seconds=seconds)
+            caller_id=caller,
+            destination=destination,
+            at=at + timedelta(seconds=seconds),
+            as_of=True,
         )
 
     return [
@@ -122,6 +125,7 @@ async def test_each_item_of_a_batch_is_judged_by_its_own_campaign_s_rules(
             destination=f"+121226400{n:02d}",
             campaign=campaign,
             at=NOON_NY + timedelta(seconds=n),
+            as_of=True,
         )
 
     first = asyncio.create_task(decider.decide(call("strict", 0)))
@@ -183,7 +187,10 @@ async def test_a_batch_counts_the_caller_ids_its_earlier_items_brought_to_the_ca
 
     def call(caller: str, n: int) -> DecisionRequest:
         return DecisionRequest(
-            caller_id=caller, destination=f"+1212264{n:04d}", at=NOON_NY + timedelta(seconds=n)
+            caller_id=caller,
+            destination=f"+1212264{n:04d}",
+            at=NOON_NY + timedelta(seconds=n),
+            as_of=True,
         )
 
     # The first call leaves alone; the other four go together, in this order.
@@ -231,13 +238,17 @@ async def test_a_caller_that_gives_up_before_its_batch_leaves_records_nothing(
     decider = decider_on(pool, 1, BuiltinProfiles())
     first = asyncio.create_task(
         decider.decide(
-            DecisionRequest(caller_id="+12125550100", destination="+12122640010", at=NOON_NY)
+            DecisionRequest(
+                caller_id="+12125550100", destination="+12122640010", at=NOON_NY, as_of=True
+            )
         )
     )
     await asyncio.sleep(0)
     given_up = asyncio.create_task(
         decider.decide(
-            DecisionRequest(caller_id="+12125550100", destination="+12122640011", at=NOON_NY)
+            DecisionRequest(
+                caller_id="+12125550100", destination="+12122640011", at=NOON_NY, as_of=True
+            )
         )
     )
     await asyncio.sleep(0)
@@ -267,7 +278,7 @@ async def test_batches_sharing_destinations_and_caller_ids_never_deadlock(db_dsn
         rng = random.Random(7)
         requests = [
             DecisionRequest(
-                caller_id=rng.choice(callers), destination=rng.choice(dests), at=NOON_NY
+                caller_id=rng.choice(callers), destination=rng.choice(dests), at=NOON_NY, as_of=True
             )
             for _ in range(300)
         ]
@@ -290,7 +301,9 @@ async def test_outcomes_in_a_batch_are_recorded_and_judged_one_after_another(
     ids = []
     for n in range(5):
         decided = await one_by_one.decide(
-            DecisionRequest(caller_id="+12125550100", destination=f"+1212264{n:04d}", at=NOON_NY)
+            DecisionRequest(
+                caller_id="+12125550100", destination=f"+1212264{n:04d}", at=NOON_NY, as_of=True
+            )
         )
         assert decided.rule is None and decided.decision_id
         ids.append(decided.decision_id)

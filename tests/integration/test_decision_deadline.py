@@ -36,7 +36,7 @@ async def test_a_decision_past_its_deadline_is_refused_as_store_unavailable(
     try:
         started = time.monotonic()
         decision = await decider.decide(
-            DecisionRequest(caller_id=CALLER, destination=DEST, at=NOON_NY)
+            DecisionRequest(caller_id=CALLER, destination=DEST, at=NOON_NY, as_of=True)
         )
         waited = time.monotonic() - started
     finally:
@@ -49,6 +49,8 @@ async def test_a_decision_past_its_deadline_is_refused_as_store_unavailable(
 
     # A decision that went alone (the slots were free) took its statement with it when it gave
     # up: nothing was recorded, so with the lock gone the same call is allowed.
-    again = await decider.decide(DecisionRequest(caller_id=CALLER, destination=DEST, at=NOON_NY))
+    again = await decider.decide(
+        DecisionRequest(caller_id=CALLER, destination=DEST, at=NOON_NY, as_of=True)
+    )
     assert again.verdict is Verdict.ALLOW
     assert again.decision_id is not None

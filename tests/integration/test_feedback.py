@@ -70,7 +70,7 @@ async def test_complaint_blacklists_the_destination_for_every_decision(
     recorded = await feedback_on(pool).complain(complaint(dest="(212) 264-1234"))
     assert recorded.effects.blacklisted and not recorded.duplicate
     assert recorded.complaint.destination == DEST
-    d = await decider.decide(DecisionRequest(CID, DEST, at=NOON_NY + H))
+    d = await decider.decide(DecisionRequest(CID, DEST, at=NOON_NY + H, as_of=True))
     assert d.rule is Rule.BLACKLISTED
     assert d.facts["source"] == "complaint" and d.callable_at is None
 
@@ -89,7 +89,7 @@ async def test_caller_id_is_rested_at_the_third_complaint_in_a_day(
     assert third.effects.callerid_rested
     row = await CallerIdStore(pool).get(CID)
     assert row is not None and (row["state"], row["reason"]) == ("rested", "complaints")
-    d = await decider.decide(DecisionRequest(CID, "+12122649999", at=NOON_NY + H))
+    d = await decider.decide(DecisionRequest(CID, "+12122649999", at=NOON_NY + H, as_of=True))
     assert d.rule is Rule.CALLERID_RESTED
     value = registry.get_sample_value
     assert value("dialguard_complaints_total", {"source": "carrier", "campaign": "spring"}) == 3
@@ -151,7 +151,7 @@ async def test_campaign_is_paused_at_its_complaint_rate_over_a_day(
     row = await CampaignStore(pool).get("spring")
     assert row is not None and row["paused"] and row["pause_reason"] == "complaints"
     d = await decider.decide(
-        DecisionRequest(callers[2], "+12122649999", campaign="spring", at=NOON_NY)
+        DecisionRequest(callers[2], "+12122649999", campaign="spring", at=NOON_NY, as_of=True)
     )
     assert d.rule is Rule.CAMPAIGN_PAUSED
     three = await fb.complain(complaint("+12122640003", caller_id=callers[2], campaign="spring"))
@@ -171,7 +171,9 @@ async def test_campaign_below_its_minimum_of_calls_is_not_paused(
 async def test_complaint_without_caller_id_is_laid_on_the_last_call(
     pool: asyncpg.Pool, decider: Decider
 ) -> None:
-    call = await decider.decide(DecisionRequest(CID, DEST, campaign="spring", at=NOON_NY - H))
+    call = await decider.decide(
+        DecisionRequest(CID, DEST, campaign="spring", at=NOON_NY - H, as_of=True)
+    )
     assert call.allowed
     r = await feedback_on(pool).complain(ComplaintRequest(destination=DEST, source="12321"))
     assert (r.complaint.caller_id, r.complaint.campaign) == (CID, "spring")
@@ -185,7 +187,9 @@ async def test_complaint_blacklisting_expires_per_source(
     assert r.effects.blacklisted
     entry = await BlacklistStore(pool).get_number(DEST)
     assert entry is not None and entry["expires_at"] == NOON_NY + timedelta(days=1)
-    later = await decider.decide(DecisionRequest(CID, DEST, at=NOON_NY + timedelta(days=1)))
+    later = await decider.decide(
+        DecisionRequest(CID, DEST, at=NOON_NY + timedelta(days=1), as_of=True)
+    )
     assert later.rule is not Rule.BLACKLISTED
 
 

@@ -42,7 +42,8 @@ async def test_64_concurrent_calls_to_one_destination_allow_exactly_one(
     profiles = BuiltinProfiles(rotation_per_destination="off")
     deciders = [make_decider(a, profiles), make_decider(b, profiles)]
     requests = [
-        DecisionRequest(caller_id=c, destination="+12122641234", at=NOON_NY) for c in callers
+        DecisionRequest(caller_id=c, destination="+12122641234", at=NOON_NY, as_of=True)
+        for c in callers
     ]
     rules = await _race(deciders, requests)
     assert rules.count(None) == 1
@@ -57,7 +58,9 @@ async def test_concurrent_calls_from_one_caller_id_allow_exactly_its_cap(
     profiles = BuiltinProfiles(callerid_caps=["5/1m"], callerid_max_concurrent="off")
     deciders = [make_decider(a, profiles), make_decider(b, profiles)]
     requests = [
-        DecisionRequest(caller_id="+12125550100", destination=f"+1212264{n:04d}", at=NOON_NY)
+        DecisionRequest(
+            caller_id="+12125550100", destination=f"+1212264{n:04d}", at=NOON_NY, as_of=True
+        )
         for n in range(64)
     ]
     rules = await _race(deciders, requests)
@@ -75,7 +78,9 @@ async def test_concurrent_new_caller_ids_respect_the_campaign_rotation_limit(
     profiles = BuiltinProfiles(campaign_callerids_per_day=4)
     deciders = [make_decider(a, profiles), make_decider(b, profiles)]
     requests = [
-        DecisionRequest(caller_id=c, destination=f"+1212264{i:04d}", campaign="spring", at=NOON_NY)
+        DecisionRequest(
+            caller_id=c, destination=f"+1212264{i:04d}", campaign="spring", at=NOON_NY, as_of=True
+        )
         for i, c in enumerate(callers)
     ]
     rules = await _race(deciders, requests)
@@ -91,7 +96,9 @@ async def test_concurrent_calls_respect_caller_id_concurrency(
     profiles = BuiltinProfiles(callerid_caps=[], callerid_max_concurrent=3)
     deciders = [make_decider(a, profiles), make_decider(b, profiles)]
     requests = [
-        DecisionRequest(caller_id="+12125550100", destination=f"+1212264{n:04d}", at=NOON_NY)
+        DecisionRequest(
+            caller_id="+12125550100", destination=f"+1212264{n:04d}", at=NOON_NY, as_of=True
+        )
         for n in range(40)
     ]
     rules = await _race(deciders, requests)

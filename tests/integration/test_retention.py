@@ -21,6 +21,7 @@ async def test_prune_removes_only_decisions_older_than_the_cutoff(pool: asyncpg.
                 caller_id="+12125550100",
                 destination=f"+12122641{days:03d}",
                 at=NOON_NY - timedelta(days=days),
+                as_of=True,
             )
         )
     removed = await prune(pool, NOON_NY - timedelta(days=400), batch=1)

@@ -32,7 +32,9 @@ async def decider(pool: asyncpg.Pool) -> Decider:
 
 async def decide(d: Decider, at=NOON_NY, caller=CID, dest=DEST, campaign=None, record=True):
     return await d.decide(
-        DecisionRequest(caller_id=caller, destination=dest, campaign=campaign, at=at, record=record)
+        DecisionRequest(
+            caller_id=caller, destination=dest, campaign=campaign, at=at, as_of=True, record=record
+        )
     )
 
 

@@ -50,7 +50,7 @@ async def test_scrub_agrees_with_check_on_every_destination(pool: asyncpg.Pool) 
     for _ in range(150):
         at = NOON_NY - timedelta(minutes=rng.randrange(1, 10 * 24 * 60))
         d = await decider.decide(
-            DecisionRequest(rng.choice(CALLERS), rng.choice(destinations), "spring", at)
+            DecisionRequest(rng.choice(CALLERS), rng.choice(destinations), "spring", at, as_of=True)
         )
         if d.decision_id is not None and rng.random() < 0.5:
             await DecisionStore(pool).record_outcome(

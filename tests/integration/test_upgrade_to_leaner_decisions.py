@@ -62,7 +62,10 @@ async def pool_at_006(pg_admin_dsn: str) -> AsyncIterator[asyncpg.Pool]:
 async def decide(pool: asyncpg.Pool, destination: str, seconds: int = 0) -> Decision:
     return await make_decider(pool, PROFILE).decide(
         DecisionRequest(
-            caller_id=CID, destination=destination, at=NOON_NY + timedelta(seconds=seconds)
+            caller_id=CID,
+            destination=destination,
+            at=NOON_NY + timedelta(seconds=seconds),
+            as_of=True,
         )
     )
 
@@ -86,6 +89,9 @@ async def test_the_upgrade_keeps_listed_prefixes_and_calls_still_up(
         "007_leaner_decision.sql",
         "008_set_based_decisions.sql",
         "009_rules_once_a_batch.sql",
+        "010_live_decisions.sql",
+        "decisions.sql",
+        "feedback.sql",
     ]
 
     # The prefixes listed before the upgrade are known by their length.

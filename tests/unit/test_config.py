@@ -38,6 +38,7 @@ EVERY_KEY: dict[tuple[str, str], tuple[str, Any, Getter]] = {
     ("database", "pool_size"): ("7", 7, lambda s: s.database.pool_size),
     ("database", "decision_batches"): ("0", 0, lambda s: s.database.decision_batches),
     ("database", "retention"): ("90d", 90 * 86400, lambda s: s.database.retention),
+    ("database", "clock_tolerance"): ("2s", 2.0, lambda s: s.database.clock_tolerance),
     ("ari", "url"): ("https://pbx:8089/ari/", "https://pbx:8089/ari", lambda s: s.ari.url),
     ("ari", "username"): ("gatekeeper", "gatekeeper", lambda s: s.ari.username),
     ("ari", "password"): ("s3cret", "s3cret", lambda s: s.ari.password),

@@ -50,7 +50,17 @@ def test_a_batch_sends_each_rules_once_and_each_item_names_its_own() -> None:
     attempts, rules = batch_rows(items)
     assert rules == "{" + OFF.literal + "," + strict.literal + "}"
     assert [a[-1] for a in attempts] == [1, 2, 1]
-    assert [a[2] for a in attempts] == ["+12122640001", "+12122640002", "+12122640003"]
+    assert [a[4] for a in attempts] == ["+12122640001", "+12122640002", "+12122640003"]
+
+
+def test_an_attempt_carries_what_its_caller_still_waits_in_milliseconds() -> None:
+    live = replace(params_all_off(), live=True, give_up=100.0)
+    attempt = live.attempt(1, now=99.75)
+    assert attempt[1:3] == (True, 250)
+    # Past its deadline: nothing left, never a negative budget.
+    assert live.attempt(1, now=101.0)[2] == 0
+    # A decision nobody waits on (an audit) has no budget.
+    assert params_all_off().attempt(1, now=99.75)[1:3] == (False, None)
 
 
 def test_the_rules_literal_holds_every_field_in_order() -> None:

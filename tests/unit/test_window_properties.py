@@ -125,7 +125,9 @@ class Seeder:
         self, at: datetime, campaign: str | None, *, caller: str, destination: str
     ) -> Decision:
         return await self.decider.decide(
-            DecisionRequest(caller_id=caller, destination=destination, campaign=campaign, at=at)
+            DecisionRequest(
+                caller_id=caller, destination=destination, campaign=campaign, at=at, as_of=True
+            )
         )
 
 
@@ -139,7 +141,9 @@ async def decide_at(
 ) -> Decision:
     decider = make_decider(pool, BuiltinProfiles(**{**ALL_OFF, **rule}))
     return await decider.decide(
-        DecisionRequest(caller_id=caller, destination=destination, at=now, record=record)
+        DecisionRequest(
+            caller_id=caller, destination=destination, at=now, as_of=True, record=record
+        )
     )
 
 

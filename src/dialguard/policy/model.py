@@ -48,7 +48,13 @@ class LogQuery:
 
 @dataclass(frozen=True, slots=True)
 class DecisionRequest:
-    """What a front door asks: decide this call (``record=False`` for a dry run)."""
+    """What a front door asks: decide this call (``record=False`` for a dry run).
+
+    Without ``at`` the call is placed now: a live decision, ordered and stamped by the
+    database. With ``at``, a dry run is made as of that time; a recorded decision must then be
+    about now (within the decider's tolerance) unless ``as_of`` marks it an audit replay, which
+    records it as of ``at`` (``dialguard replay``, inside a transaction it rolls back by default).
+    """
 
     caller_id: str
     destination: str
@@ -57,6 +63,7 @@ class DecisionRequest:
     record: bool = True
     source: str = "api"
     channel_id: str | None = None
+    as_of: bool = False
 
 
 @dataclass(frozen=True, slots=True)

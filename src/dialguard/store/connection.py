@@ -54,7 +54,9 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asy
             init=_init_connection,
             reset=_keep_session,
             command_timeout=30,
-            server_settings={"application_name": "dialguard"},
+            # JIT off: the decision's plans, costed on tables without statistics (a new
+            # database), looked expensive enough to compile, at tens of milliseconds a call.
+            server_settings={"application_name": "dialguard", "jit": "off"},
         )
     except UNAVAILABLE_ERRORS as exc:
         raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc

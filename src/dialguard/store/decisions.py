@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -94,7 +95,13 @@ class DecideRules:
 
 @dataclass(frozen=True, slots=True)
 class DecideParams:
-    """Everything a decision needs: the attempt, what the pure checks found, and its rules."""
+    """Everything a decision needs: the attempt, what the pure checks found, and its rules.
+
+    ``live``: a call placed now, stamped by the database's clock once its locks are held (``at``
+    is then the caller's estimate of that clock, which the pure checks used); otherwise the
+    decision is made as of ``at``. ``give_up``: when (``time.monotonic()``) the caller stops
+    waiting; a recorded decision still waiting for its locks then is not recorded.
+    """
 
     at: datetime
     caller_id: str
@@ -108,12 +115,18 @@ class DecideParams:
     pre_facts: dict[str, Any] | None
     hours_facts: dict[str, Any] | None
     rules: DecideRules
+    live: bool = False
+    give_up: float | None = None
 
-    def attempt(self, rules: int) -> tuple[Any, ...]:
-        """The decision as a ``dg_decide_attempt``: every field but ``record`` and the rules,
-        the facts as JSON text, then ``rules``, its rules' position (from 1) in the batch's."""
+    def attempt(self, rules: int, now: float) -> tuple[Any, ...]:
+        """The decision as a ``dg_attempt``: its time, whether it is live, the milliseconds
+        left at ``now`` (monotonic) before its caller gives up, its own values, the facts as
+        JSON text, then ``rules``, its rules' position (from 1) in the batch's."""
+        budget = None if self.give_up is None else max(0, int((self.give_up - now) * 1000))
         return (
             self.at,
+            self.live,
+            budget,
             self.caller_id,
             self.destination,
             self.campaign,
@@ -128,9 +141,10 @@ class DecideParams:
 
 
 def batch_rows(batch: Sequence[DecideParams]) -> tuple[list[tuple[Any, ...]], str]:
-    """A batch as the two arrays ``dg_decide_batch`` takes: the attempts, and each distinct
-    rules once, as a ``dg_decide_rules[]`` literal (campaigns whose limits are the same, each
-    with its own :class:`DecideRules`, send them once)."""
+    """A batch as the two arrays ``dg_decide`` takes: the attempts, and each distinct rules
+    once, as a ``dg_decide_rules[]`` literal (campaigns whose limits are the same, each with its
+    own :class:`DecideRules`, send them once)."""
+    now = time.monotonic()
     positions: dict[str, int] = {}
     rules: list[str] = []
     attempts: list[tuple[Any, ...]] = []
@@ -139,7 +153,7 @@ def batch_rows(batch: Sequence[DecideParams]) -> tuple[list[tuple[Any, ...]], st
         if position is None:
             rules.append(p.rules.literal)
             position = positions[p.rules.literal] = len(rules)
-        attempts.append(p.attempt(position))
+        attempts.append(p.attempt(position, now))
     return attempts, "{" + ",".join(rules) + "}"
 
 
@@ -162,15 +176,27 @@ def _element_literal(values: tuple[Any, ...]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class DecideResult:
+    """``at``: the decision's time (the database's clock for a live one). ``abandoned``: its
+    caller had given up before the locks were held, so nothing was recorded."""
+
     decision_id: int | None
     rule: str | None
     facts: dict[str, Any]
     stale: bool
+    at: datetime | None = None
+    abandoned: bool = False
 
 
 def _result(row: asyncpg.Record) -> DecideResult:
     """One row of the ``decide`` query; no facts come back as NULL."""
-    return DecideResult(row["decision_id"], row["rule"], row["facts"] or {}, row["stale"])
+    return DecideResult(
+        row["decision_id"],
+        row["rule"],
+        row["facts"] or {},
+        row["stale"],
+        row["at"],
+        row["abandoned"],
+    )
 
 
 class _Outcome(NamedTuple):
@@ -275,6 +301,12 @@ class DecisionStore:
         return [
             OutcomeRecorded(r["recorded"], r["caller_id"], r["campaign"], r["rested"]) for r in rows
         ]
+
+    async def database_time(self) -> datetime:
+        """The database server's clock, now."""
+        async with connection(self._pool) as conn:
+            at: datetime = await conn.fetchval(q("database_time"))
+        return at
 
     async def get(self, decision_id: int) -> dict[str, Any] | None:
         async with connection(self._pool) as conn:

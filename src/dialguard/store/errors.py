@@ -17,3 +17,7 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     """The change contradicts the row's state (e.g. releasing a retired caller ID)."""
+
+
+class InvalidValue(StoreError, ValueError):
+    """A value the store refuses to write (e.g. a blacklist expiry already past)."""

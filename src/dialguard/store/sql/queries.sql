@@ -4,8 +4,11 @@
 -- Decisions in arrival order, answered in the same order (one decision is a batch of one); each
 -- distinct rules once, in a dg_decide_rules[] literal; recorded ($3) or not. No facts (most
 -- allows) come back as NULL, which the driver hands over without decoding.
-SELECT decision_id, rule, nullif(facts, '{}') AS facts, stale
-  FROM dg_decide_batch($1::dg_decide_attempt[], $2::text::dg_decide_rules[], $3)
+SELECT decision_id, rule, nullif(facts, '{}') AS facts, stale, at, abandoned
+  FROM dg_decide($1::dg_attempt[], $2::text::dg_decide_rules[], $3)
+
+-- name: database_time
+SELECT clock_timestamp()
 
 -- name: record_outcome
 SELECT recorded, caller_id, campaign FROM dg_record_outcome($1, $2, $3, $4, $5, $6)

@@ -1,0 +1,31 @@
+-- Live decisions ordered by the database, and the functions moved out of the migrations.
+--
+-- From here on the current functions live in sql/functions/*.sql, re-applied by the migrator
+-- whenever a file changes; migrations hold schema changes only. This one adds what the new
+-- decision function takes. The previous release's dg_decide_batch(dg_decide_attempt[],
+-- dg_decide_rules[], boolean) and the helpers it calls (dg_destination_history,
+-- dg_callerid_counts) stay, untouched, so instances still running that release keep deciding
+-- through a rolling upgrade; the next migration drops them.
+
+-- One call attempt, as dg_decide takes it.
+--   live: a call placed now. Its time is the database's clock, read once the locks are held,
+--         and every allowed attempt committed before counts for it, whatever time it carries.
+--         at is then the caller's estimate of that clock (the pure checks used it).
+--   otherwise at is the decision's time "as of" (an audit replay): the attempts at or before it.
+--   budget_ms: how long the caller still waits for the answer, from the statement's start; an
+--         item still waiting for its locks past that is not recorded (NULL: no limit).
+CREATE TYPE dg_attempt AS (
+    at               timestamptz,
+    live             boolean,
+    budget_ms        integer,
+    caller           text,
+    dest             text,
+    campaign         text,
+    campaign_version integer,
+    source           text,
+    channel_id       text,
+    pre_rule         text,
+    pre_facts        text,
+    hours_facts      text,
+    rules            integer
+);
