@@ -7,13 +7,15 @@ and reported at once, one line each, before anything connects.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from dialguard.numbers import is_valid_region
 from dialguard.policy.feedback import FeedbackPolicy
@@ -126,7 +128,7 @@ def default_data_dir() -> Path:
 
 # (section, key) -> (default, kind). Kinds parse both TOML values and environment strings.
 _SCHEMA: dict[tuple[str, str], tuple[Any, str]] = {
-    ("database", "url"): (None, "str?"),
+    ("database", "url"): (None, "dsn?"),
     ("database", "data_dir"): (None, "path?"),
     ("database", "pool_size"): (20, "int"),
     ("database", "decision_batches"): (2, "int"),
@@ -173,10 +175,18 @@ _SCHEMA: dict[tuple[str, str], tuple[Any, str]] = {
     ("feedback", "health_calls"): (1000, "int"),
     ("feedback", "short_call_seconds"): (6, "int"),
     ("numbers", "default_region"): ("US", "region"),
-    ("numbers", "fallback_timezone"): ("America/New_York", "zone"),
+    # None: the zone of numbers.default_region (see region_zone).
+    ("numbers", "fallback_timezone"): (None, "zone?"),
 }
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _ENV_ALIASES = {"DIALGUARD_DATA_DIR": ("database", "data_dir")}
+# DIALGUARD_* variables that are not settings: the config file's path, and what the tests,
+# benchmarks and set-up scripts read. Any other DIALGUARD_* variable is a setting or a typo.
+_ENV_NOT_SETTINGS = frozenset({"DIALGUARD_CONFIG", "DIALGUARD_ASTERISK_TARBALL"})
+_ENV_NOT_SETTINGS_PREFIXES = ("DIALGUARD_TEST_", "DIALGUARD_BENCH_")
+# Connections besides the decision batches' own: the admin API's reads, outcomes and the
+# background tasks, and one streaming import, scrub or replay.
+POOL_RESERVE = 2
 
 
 def _parse(kind: str, value: Any, where: str) -> Any:
@@ -215,6 +225,11 @@ def _parse(kind: str, value: Any, where: str) -> Any:
                 if "destination" not in pattern.groupindex:
                     raise ValueError(f"regex {item!r} needs a named group (?P<destination>...)")
         return tuple(items)
+    if base == "dsn":
+        problem = database_url_problem(str(value))
+        if problem:
+            raise ValueError(problem)
+        return str(value)
     if base == "url":
         text = str(value)
         if not re.match(r"https?://[^/]+", text):
@@ -306,6 +321,45 @@ def _parse(kind: str, value: Any, where: str) -> Any:
     raise AssertionError(f"unknown kind {kind}")
 
 
+def database_url_problem(url: str) -> str | None:
+    """Why ``url`` is no PostgreSQL URL that asyncpg can use, or ``None``."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        return f"malformed PostgreSQL URL ({exc})"
+    if parts.scheme not in ("postgresql", "postgres"):
+        return "expected a URL like postgresql://user:password@host:5432/dbname"
+    return None
+
+
+def region_zone(region: str) -> str:
+    """The time zone of ``region``'s example number: its only zone where it has one (GB:
+    Europe/London), else the zone of its best-known area (US: America/New_York)."""
+    import phonenumbers
+    from phonenumbers import timezone
+
+    example = phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.FIXED_LINE)
+    zones = timezone.time_zones_for_number(example) if example is not None else ()
+    known = [z for z in zones if z != timezone.UNKNOWN_TIMEZONE]
+    return known[0] if known else "UTC"
+
+
+def _env_problems(env: Mapping[str, str], known: Iterable[str]) -> list[str]:
+    """A DIALGUARD_* variable that names no setting is reported, with the nearest names."""
+    names = sorted(set(known))
+    problems = []
+    for var in sorted(env):
+        if not var.startswith("DIALGUARD_") or var in names or var in _ENV_NOT_SETTINGS:
+            continue
+        if var.startswith(("DIALGUARD_PROFILES_", *_ENV_NOT_SETTINGS_PREFIXES)):
+            continue  # profile variables are checked with the profiles
+        close = difflib.get_close_matches(var, names, n=1, cutoff=0.8)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        problems.append(f"{var}: unknown variable{hint}")
+    return problems
+
+
 def find_config_file(explicit: str | None, env: Mapping[str, str]) -> Path | None:
     """``--config``, else ``DIALGUARD_CONFIG``, else ``./dialguard.toml`` if it exists."""
     if explicit:
@@ -343,6 +397,7 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
     values: dict[tuple[str, str], Any] = {}
     env_keys = {f"DIALGUARD_{s.upper()}_{k.upper()}": (s, k) for s, k in _SCHEMA}
     env_keys.update(_ENV_ALIASES)
+    problems.extend(_env_problems(env, env_keys))
     env_values = {sk: env[name] for name, sk in env_keys.items() if name in env}
     for (section, key), (default, kind) in _SCHEMA.items():
         raw = data.get(section, {}).get(key, default)
@@ -371,6 +426,15 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
         problems.append("api.token: required when api.listen is not a loopback address")
     if v("proxy", "listen") is not None and not (v("proxy", "username") and v("proxy", "password")):
         problems.append("proxy.username/proxy.password: required when proxy.listen is set")
+    pool_size, batches = v("database", "pool_size"), v("database", "decision_batches")
+    if pool_size is not None and batches is not None:
+        needed = max(batches, 1) + POOL_RESERVE
+        if pool_size < needed:
+            problems.append(
+                f"database.pool_size: {pool_size} is too few connections: the decision batches "
+                f"take {max(batches, 1)} (database.decision_batches = {batches}) and the admin "
+                f"API, outcomes and imports {POOL_RESERVE} more; set at least {needed}"
+            )
     if problems:
         raise ConfigError(problems)
 
@@ -412,7 +476,10 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
             v("proxy", "trunk_patterns"),
             v("proxy", "campaign_variable"),
         ),
-        numbers=NumberSettings(v("numbers", "default_region"), v("numbers", "fallback_timezone")),
+        numbers=NumberSettings(
+            v("numbers", "default_region"),
+            v("numbers", "fallback_timezone") or region_zone(v("numbers", "default_region")),
+        ),
         feedback=FeedbackPolicy(
             complaints_to_rest=v("feedback", "complaints_to_rest"),
             complaints_window_s=v("feedback", "complaints_window"),

@@ -6,6 +6,7 @@ command's effect run in the test's own process on the same database, which keeps
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
+from dialguard.cli import build_parser
 from dialguard.policy.model import Decision, DecisionRequest
 from dialguard.store.callerids import CallerIdStore
 from tests.conftest import fresh_database
@@ -329,7 +331,7 @@ async def test_caller_id_commands_refuse_unknown_and_invalid_numbers(cli: Cli) -
     assert unknown.code == invalid.code == missing.code == 2
     assert unknown.err_lines == ["dialguard: caller ID +12125550199 is not registered"]
     assert invalid.err_lines == ["dialguard: caller ID '12' is not a valid phone number"]
-    assert missing.err_lines == ["dialguard: callerid add needs a NUMBER"]
+    assert missing.err_lines[-1].endswith("the following arguments are required: NUMBER")
 
 
 async def test_caller_ids_are_listed_by_state(cli: Cli, pool: asyncpg.Pool) -> None:
@@ -455,7 +457,8 @@ async def test_showing_a_campaign_never_set_shows_the_defaults(cli: Cli) -> None
         "overrides": {},
         "paused": False,
     }
-    assert missing.code == 2 and missing.err_lines == ["dialguard: campaign pause needs a NAME"]
+    assert missing.code == 2
+    assert missing.err_lines[-1].endswith("the following arguments are required: NAME")
 
 
 # ---- blacklist -----------------------------------------------------------------------------
@@ -513,7 +516,7 @@ async def test_blacklist_values_must_be_numbers_or_e164_prefixes(cli: Cli) -> No
     assert bad_prefix.code == bad_number.code == missing.code == 2
     assert bad_prefix.err_lines == ["dialguard: prefix '1718264' must be E.164 like +1718264"]
     assert bad_number.err_lines == ["dialguard: number 'garbage' is not a valid phone number"]
-    assert missing.err_lines == ["dialguard: blacklist add needs a VALUE"]
+    assert missing.err_lines[-1].endswith("the following arguments are required: VALUE")
 
 
 async def test_expires_must_carry_an_offset_and_nothing_is_added_without_one(
@@ -561,7 +564,9 @@ async def test_import_reports_bad_rows_by_line_and_keeps_the_good_ones(cli: Cli)
 async def test_import_of_a_missing_file_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
     run = await cli("blacklist", "import", str(tmp_path / "missing.csv"))
     assert run.code == 2
-    assert run.err_lines == [f"dialguard: cannot read {tmp_path / 'missing.csv'}: no such file"]
+    assert run.err_lines == [
+        f"dialguard: cannot read {tmp_path / 'missing.csv'}: No such file or directory"
+    ]
 
 
 async def test_export_then_import_into_another_database_round_trips_numbers(
@@ -594,3 +599,266 @@ async def test_export_then_import_round_trips_prefixes(
     other = Cli(other_db, tmp_path)
     await other("blacklist", "import", str(dump))
     assert (await other.ok("blacklist", "export")).out == exported
+
+
+# ---- the command line as people type it ----------------------------------------------------
+
+
+async def test_options_are_taken_before_or_after_the_value(cli: Cli) -> None:
+    before, after = await asyncio.gather(
+        cli.ok("blacklist", "add", "--prefix", "+44", "--campaign", "uk", "--json"),
+        cli.ok("blacklist", "add", "+1718264", "--prefix", "--json", "--campaign", "ny"),
+    )
+    assert (before.json()["prefix"], before.json()["campaign"]) == ("+44", "uk")
+    assert (after.json()["prefix"], after.json()["campaign"]) == ("+1718264", "ny")
+    removed = await cli.ok("blacklist", "remove", "--campaign", "uk", "--prefix", "+44")
+    assert removed.out.strip() == "removed +44"
+
+
+def every_parser() -> list[tuple[str, argparse.ArgumentParser]]:
+    """Every command and action's parser, by its full name."""
+    found: list[tuple[str, argparse.ArgumentParser]] = []
+
+    def walk(name: str, parser: argparse.ArgumentParser) -> None:
+        found.append((name, parser))
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    walk(f"{name} {sub_name}", sub)
+
+    walk("dialguard", build_parser())
+    return found
+
+
+def test_every_option_and_value_has_a_line_of_help() -> None:
+    parsers = every_parser()
+    assert {"dialguard blacklist add", "dialguard callerid rest", "dialguard scrub"} <= {
+        name for name, _ in parsers
+    }
+    missing = [
+        f"{name} {action.option_strings or action.dest}"
+        for name, parser in parsers
+        for action in parser._actions
+        if not action.help
+    ]
+    assert missing == []
+
+
+async def test_each_action_has_its_own_help(cli: Cli) -> None:
+    add, group = await asyncio.gather(
+        cli.ok("blacklist", "add", "--help"), cli.ok("blacklist", "--help")
+    )
+    assert add.out.startswith("usage: dialguard blacklist add ")
+    assert "--expires TIME" in add.out and "--bulk" not in add.out
+    assert all(action in group.out for action in ("add", "remove", "import", "export"))
+
+
+@pytest.mark.parametrize(
+    ("command", "columns"),
+    [
+        (("blacklist", "import"), ["number", "campaign", "source", "reason", "expires_at", "kind"]),
+        (("blacklist", "export"), ["value", "campaign", "source", "reason", "expires_at", "kind"]),
+        (("complaints", "import"), ["destination", "source", "caller_id", "campaign", "at"]),
+        (("replay",), ["at", "caller_id", "destination", "campaign", "answered_seconds"]),
+        (("scrub",), ["destination", "callable", "rule", "callable_at"]),
+    ],
+)
+async def test_the_help_of_each_csv_command_names_its_columns_with_an_example(
+    cli: Cli, command: tuple[str, ...], columns: list[str]
+) -> None:
+    run = await cli.ok(*command, "--help")
+    described = {line.split()[0] for line in run.out.splitlines() if line.startswith("  ")}
+    assert set(columns) <= described | set(",".join(run.out.split()).split(","))
+    assert "example" in run.out or "output columns" in run.out
+
+
+async def test_json_is_refused_where_it_means_nothing(cli: Cli) -> None:
+    before, after = await asyncio.gather(cli("--json", "serve"), cli("serve", "--json"))
+    assert before.code == after.code == 2
+    assert before.err_lines[-1] == (
+        "dialguard: error: serve has no machine-readable output: --json is not taken"
+    )
+    assert after.err_lines[-1] == "dialguard: error: unrecognized arguments: --json"
+
+
+async def test_blacklist_export_in_json_is_one_object_a_line(cli: Cli) -> None:
+    await cli.ok("blacklist", "add", DEST, "--reason", "asked")
+    await cli.ok("blacklist", "add", "+1718264", "--prefix", "--campaign", "ny")
+    run = await cli.ok("blacklist", "export", "--json")
+    rows = [json.loads(line) for line in run.out.splitlines()]
+    assert rows == [
+        {
+            "value": DEST,
+            "campaign": "",
+            "source": "manual",
+            "reason": "asked",
+            "expires_at": None,
+            "kind": "number",
+        },
+        {
+            "value": "+1718264",
+            "campaign": "ny",
+            "source": "manual",
+            "reason": "",
+            "expires_at": None,
+            "kind": "prefix",
+        },
+    ]
+
+
+async def test_campaign_show_is_text_unless_json_is_asked(cli: Cli) -> None:
+    await cli.ok(
+        "campaign", "set", "spring", "--profile", "b2b", "--set", "calling_hours=09:00-17:00"
+    )
+    text, as_json = await asyncio.gather(
+        cli.ok("campaign", "show", "spring"), cli.ok("campaign", "show", "spring", "--json")
+    )
+    assert "profile: b2b" in text.out.splitlines()
+    assert "overrides: calling_hours=09:00-17:00" in text.out.splitlines()
+    assert as_json.json()["overrides"] == {"calling_hours": "09:00-17:00"}
+
+
+async def test_scrub_in_json_gives_the_apis_keys(cli: Cli, tmp_path: Path) -> None:
+    await cli.ok("blacklist", "add", DEST)
+    leads = tmp_path / "leads.csv"
+    leads.write_text(f"destination\n{DEST}\n+12122641235\n", encoding="utf-8")
+    run = await cli(
+        "scrub",
+        str(leads),
+        "--json",
+        env={"DIALGUARD_PROFILES_DEFAULT_CALLING_HOURS": "00:00-24:00"},
+    )
+    assert run.code == 0, run.err
+    rows = [json.loads(line) for line in run.out.splitlines()]
+    assert [(r["destination"], r["callable"], r["rule"]) for r in rows] == [
+        (DEST, False, "blacklisted"),
+        ("+12122641235", True, ""),
+    ]
+    assert set(rows[0]) == {"destination", "callable", "rule", "callable_at"}
+
+
+@pytest.mark.usefixtures("registered")
+async def test_replay_in_json_is_one_object_a_line(cli: Cli, tmp_path: Path) -> None:
+    log = tmp_path / "calls.csv"
+    log.write_text(
+        f"at,caller_id,destination,campaign\n{T0},{CID},{DEST},\n2026-03-10T15:01:00Z,{CID},{DEST},\n",
+        encoding="utf-8",
+    )
+    run = await cli.ok("replay", str(log), "--json")
+    rows = [json.loads(line) for line in run.out.splitlines()]
+    assert [(r["verdict"], r["rule"]) for r in rows] == [
+        ("allow", ""),
+        ("deny", "destination_interval"),
+    ]
+
+
+# ---- exit codes and I/O errors -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["garbage", "postgresql://u@h:99999/db"])
+async def test_a_malformed_database_url_is_a_usage_error(cli: Cli, url: str) -> None:
+    run = await Cli(url, cli.cwd)("check", CID, DEST)
+    assert run.code == 2
+    assert len(run.err_lines) == 1 and run.err_lines[0].startswith("dialguard: --database: ")
+
+
+async def test_a_malformed_database_url_in_the_environment_is_a_config_error(cli: Cli) -> None:
+    run = await cli("check", CID, DEST, env={"DIALGUARD_DATABASE_URL": "garbage"}, database=False)
+    assert run.code == 2
+    assert run.err_lines[0].startswith("dialguard: config: DIALGUARD_DATABASE_URL: ")
+
+
+async def test_a_misspelled_variable_stops_the_command(cli: Cli, db_dsn: str) -> None:
+    run = await cli("decide", CID, DEST, env={"DIALGUARD_GATE_FAILMODE": "open"})
+    assert run.code == 2
+    assert run.err_lines == [
+        "dialguard: config: DIALGUARD_GATE_FAILMODE: unknown variable"
+        " (did you mean DIALGUARD_GATE_FAIL_MODE?)"
+    ]
+    assert await count_decisions(db_dsn) == 0
+
+
+async def test_an_import_in_which_every_row_is_bad_exits_2(cli: Cli, tmp_path: Path) -> None:
+    numbers = tmp_path / "bad.csv"
+    numbers.write_text("number\nnot a number\n12\n", encoding="utf-8")
+    complaints = tmp_path / "complaints.csv"
+    complaints.write_text("destination,source\nnope,crm\n", encoding="utf-8")
+    blacklist, complained = await asyncio.gather(
+        cli("blacklist", "import", str(numbers), "--json"),
+        cli("complaints", "import", str(complaints), "--json"),
+    )
+    assert blacklist.code == complained.code == 2
+    assert (blacklist.json()["imported"], blacklist.json()["bad_rows"]) == (0, 2)
+    assert (complained.json()["imported"], complained.json()["bad_rows"]) == (0, 1)
+
+
+@pytest.mark.usefixtures("registered")
+async def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(
+    cli: Cli, db_dsn: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "calls.csv"
+    log.write_text(f"at,caller_id,destination,campaign\n{T0},{CID},{DEST},\n", encoding="utf-8")
+    leads = tmp_path / "leads.csv"
+    leads.write_text(f"{DEST}\n", encoding="utf-8")
+    bad = tmp_path / "no" / "such" / "dir" / "out.csv"
+    replayed, scrubbed = await asyncio.gather(
+        cli("replay", str(log), "--keep", "--out", str(bad)),
+        cli("scrub", str(leads), "--out", str(bad)),
+    )
+    for run in (replayed, scrubbed):
+        assert run.code == 2
+        assert run.err_lines == [f"dialguard: cannot write {bad}: No such file or directory"]
+    assert await count_decisions(db_dsn) == 0  # the replay never ran, --keep or not
+
+
+async def test_a_reader_that_leaves_early_ends_the_export_quietly(cli: Cli, tmp_path: Path) -> None:
+    many = tmp_path / "many.csv"
+    many.write_text("".join(f"+1212555{n:04d}\n" for n in range(10000)), encoding="utf-8")
+    await cli.ok("blacklist", "import", str(many))
+    proc = await asyncio.create_subprocess_exec(
+        str(DIALGUARD),
+        "blacklist",
+        "export",
+        "--database",
+        cli.dsn,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env(),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
+    assert first == b"value,campaign,source,reason,expires_at,kind\r\n"
+    proc._transport.get_pipe_transport(1).close()  # type: ignore[attr-defined]  # `| head -1`
+    err = await asyncio.wait_for(proc.stderr.read(), timeout=60)
+    await proc.wait()
+    assert err == b""
+    assert proc.returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--cause", "0"), ("--cause", "999"), ("--sip-code", "99"), ("--sip-code", "99999")],
+)
+async def test_causes_and_sip_codes_out_of_range_are_usage_errors(
+    cli: Cli, option: str, value: str
+) -> None:
+    extra = ["--cause", "21"] if option == "--sip-code" else []
+    run = await cli("outcome", "1", option, value, *extra)
+    assert run.code == 2
+    assert run.err_lines[-1].startswith(f"dialguard outcome: error: argument {option}: ")
+
+
+@pytest.mark.usefixtures("registered")
+async def test_an_unknown_campaign_is_refused_with_the_known_names(cli: Cli) -> None:
+    await cli.ok("campaign", "set", "spring")
+    typo, named_default, known = await asyncio.gather(
+        cli("check", CID, DEST, "--at", T0, "--campaign", "sprng"),
+        cli.ok("check", CID, DEST, "--at", T0, "--campaign", "default", "--json"),
+        cli.ok("check", CID, DEST, "--at", T0, "--campaign", "spring", "--json"),
+    )
+    assert typo.code == 2
+    assert typo.err_lines == [
+        "dialguard: unknown campaign 'sprng' (known: spring; create it with "
+        "`dialguard campaign set sprng`, or --campaign default for the default profile)"
+    ]
+    assert named_default.json()["verdict"] == known.json()["verdict"] == "allow"

@@ -44,11 +44,13 @@ async def test_scrub_file_writes_verdicts_in_order_with_progress(
     leads.write_text("name,destination\na,+12122641234\nb,(212) 264-1235\nc,garbage\n")
     code, out, err = await dialguard(db_dsn, tmp_path, "scrub", str(leads))
     assert code == 0, err
+    # The columns of POST /v1/scrub's CSV answer.
+    assert out.splitlines()[0] == "destination,callable,rule,callable_at"
     rows = list(csv.DictReader(io.StringIO(out)))
-    assert [(r["destination"], r["verdict"], r["rule"]) for r in rows] == [
-        ("+12122641234", "deny", "blacklisted"),
-        ("+12122641235", "allow", ""),
-        ("garbage", "deny", "invalid_number"),
+    assert [(r["destination"], r["callable"], r["rule"]) for r in rows] == [
+        ("+12122641234", "false", "blacklisted"),
+        ("+12122641235", "true", ""),
+        ("garbage", "false", "invalid_number"),
     ]
     assert "scrubbed 3 numbers" in err
 

@@ -455,3 +455,75 @@ def test_settings_are_frozen() -> None:
     settings = load_settings(None, {})
     with pytest.raises(AttributeError):
         settings.database = settings.database  # type: ignore[misc]
+
+
+def test_a_misspelled_variable_is_reported_with_the_name_it_resembles() -> None:
+    found = problems(None, {"DIALGUARD_GATE_FAILMODE": "open", "DIALGUARD_API_TOKN": "t"})
+    assert found == [
+        "DIALGUARD_API_TOKN: unknown variable (did you mean DIALGUARD_API_TOKEN?)",
+        "DIALGUARD_GATE_FAILMODE: unknown variable (did you mean DIALGUARD_GATE_FAIL_MODE?)",
+    ]
+
+
+def test_a_variable_like_no_setting_at_all_is_reported_without_a_guess() -> None:
+    assert problems(None, {"DIALGUARD_WHATEVER": "1"}) == ["DIALGUARD_WHATEVER: unknown variable"]
+
+
+def test_the_variables_that_are_not_settings_are_not_reported(tmp_path: Path) -> None:
+    config = write(tmp_path, "")
+    env = {
+        "DIALGUARD_CONFIG": str(config),
+        "DIALGUARD_DATA_DIR": str(tmp_path),
+        "DIALGUARD_TEST_DSN": "postgresql://x@y/z",
+        "DIALGUARD_TEST_ASTERISK": "/opt/asterisk",
+        "DIALGUARD_BENCH_DSN": "postgresql://x@y/z",
+        "DIALGUARD_BENCH_DATA_DIR": "/tmp/bench",
+        "DIALGUARD_ASTERISK_TARBALL": "/tmp/a.tar.gz",
+        "DIALGUARD_PROFILES_DEFAULT_CALLING_HOURS": "09:00-20:00",
+        "DIALGUARD_GATE_FAIL_MODE": "open",
+    }
+    settings = load_settings(config, env)
+    assert settings.gate.fail_mode == "open"
+
+
+@pytest.mark.parametrize(
+    ("pool_size", "batches", "least"), [("0", "2", 4), ("3", "2", 4), ("2", "0", 3), ("5", "4", 6)]
+)
+def test_a_pool_smaller_than_the_batches_and_the_api_need_is_refused(
+    pool_size: str, batches: str, least: int
+) -> None:
+    found = problems(
+        None,
+        {"DIALGUARD_DATABASE_POOL_SIZE": pool_size, "DIALGUARD_DATABASE_DECISION_BATCHES": batches},
+    )
+    assert len(found) == 1
+    assert found[0].startswith(f"database.pool_size: {pool_size} is too few connections")
+    assert found[0].endswith(f"set at least {least}")
+
+
+def test_the_smallest_pool_that_serves_the_batches_and_the_api_is_taken() -> None:
+    env = {"DIALGUARD_DATABASE_POOL_SIZE": "4", "DIALGUARD_DATABASE_DECISION_BATCHES": "2"}
+    assert load_settings(None, env).database.pool_size == 4
+
+
+@pytest.mark.parametrize("url", ["garbage", "postgresql://u@h:99999/db", "http://h/db"])
+def test_a_malformed_database_url_is_a_config_problem(url: str) -> None:
+    found = problems(None, {"DIALGUARD_DATABASE_URL": url})
+    assert len(found) == 1 and found[0].startswith("DIALGUARD_DATABASE_URL: ")
+
+
+@pytest.mark.parametrize(
+    ("region", "zone"),
+    [("US", "America/New_York"), ("GB", "Europe/London"), ("DE", "Europe/Berlin")],
+)
+def test_the_fallback_zone_follows_the_default_region(region: str, zone: str) -> None:
+    settings = load_settings(None, {"DIALGUARD_NUMBERS_DEFAULT_REGION": region})
+    assert settings.numbers.fallback_timezone == zone
+
+
+def test_an_explicit_fallback_zone_wins_over_the_regions() -> None:
+    env = {
+        "DIALGUARD_NUMBERS_DEFAULT_REGION": "GB",
+        "DIALGUARD_NUMBERS_FALLBACK_TIMEZONE": "Europe/Dublin",
+    }
+    assert load_settings(None, env).numbers.fallback_timezone == "Europe/Dublin"
