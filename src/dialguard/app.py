@@ -178,7 +178,14 @@ class Service:
     dialplan), finish decisions in flight, flush the spool, close the servers and the pool.
     """
 
-    def __init__(self, settings: Settings, stores: Stores, *, drain_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stores: Stores,
+        *,
+        drain_timeout: float = 10.0,
+        housekeeping_interval: float = 15.0,
+    ) -> None:
         import aiohttp
         from prometheus_client import CollectorRegistry
 
@@ -197,6 +204,7 @@ class Service:
         self.settings = settings
         self.stores = stores
         self._drain_timeout = drain_timeout
+        self._housekeeping_interval = housekeeping_interval
         self.registry = CollectorRegistry()
         self.metrics = Metrics(
             self.registry, per_callerid=settings.metrics.per_callerid, build_version=__version__
@@ -387,7 +395,7 @@ class Service:
         await self.ari.close()
         await self._session.close()
 
-    async def _housekeep(self, interval: float = 15.0) -> None:
+    async def _housekeep(self) -> None:
         """Expire stale outcome tracking, refresh the caller-ID gauges, prune old decisions.
 
         Each step's error is logged and counted, and the next step and the next round run all
@@ -401,7 +409,7 @@ class Service:
             due = self.settings.database.retention is not None and loop.time() >= next_prune
             if due and await self._housekeeping_step(self._prune):
                 next_prune = loop.time() + 3600
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self._housekeeping_interval)
 
     async def _housekeeping_step(self, step: Callable[[], Awaitable[None]]) -> bool:
         from dialguard.store.errors import StoreUnavailable

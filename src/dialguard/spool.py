@@ -164,9 +164,16 @@ class Spool:
                 if handle.read(1) != b"\n":
                     # A line torn by a crash: end it, or the next record would join it.
                     data = b"\n" + data
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            start = handle.tell()
+            try:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError:
+                # Take the group back out, so the retry does not write it twice.
+                with contextlib.suppress(OSError):
+                    handle.truncate(start)
+                raise
 
     def _wake_waiters(self) -> None:
         waiting = []

@@ -107,6 +107,7 @@ class FakeAsterisk:
         self._runner: web.AppRunner | None = None
         self._bound_port: int | None = None
         self._delays: dict[str | None, float] = {}
+        self._failures: dict[tuple[str, str], list[int]] = {}
         self.requests: list[RecordedRequest] = []
         self.protocol_violations: list[ProtocolViolation] = []
 
@@ -224,6 +225,11 @@ class FakeAsterisk:
             self._delays.pop(channel_id, None)
         else:
             self._delays[channel_id] = seconds
+
+    def fail_requests(self, method: str, path: str, times: int, *, status: int = 500) -> None:
+        """Answer the next `times` requests of `method` to `path` (e.g. "/channels") with
+        `status`, as an Asterisk in trouble would, before they reach the simulation."""
+        self._failures[(method.upper(), path)] = [times, status]
 
     async def originate_outbound(
         self,
@@ -402,6 +408,10 @@ class FakeAsterisk:
         if not self._authorized(request):
             return self._answer(request, path, query, body, 401, _AUTH_REQUIRED)
         await self._delay_for(path)
+        failure = self._failures.get((request.method, path))
+        if failure is not None and failure[0] > 0:
+            failure[0] -= 1
+            return self._answer(request, path, query, body, failure[1], {"message": "Failed"})
         try:
             op, path_params = self._definitions.match(request.method, path)
         except RouteNotFound as exc:
@@ -432,7 +442,8 @@ class FakeAsterisk:
     async def _delay_for(self, path: str) -> None:
         delay = self._delays.get(None, 0.0)
         for channel_id, seconds in self._delays.items():
-            if channel_id is not None and f"/channels/{channel_id}" in path:
+            about = f"/channels/{channel_id}"
+            if channel_id is not None and (path == about or path.startswith(about + "/")):
                 delay = max(delay, seconds)
         if delay > 0:
             await asyncio.sleep(delay)
