@@ -32,6 +32,7 @@ from dialguard.config import (
     find_config_file,
     load_settings,
 )
+from dialguard.decider import TimeRefused
 from dialguard.numbers import InvalidNumber, is_e164_prefix, normalise
 from dialguard.policy.codes import CallerIdState
 from dialguard.policy.model import Decision, DecisionRequest
@@ -358,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         for problem in exc.problems:
             print(f"dialguard: config: {problem}", file=sys.stderr)
         code = 2
-    except (UsageError, ReplayInputError) as exc:
+    except (UsageError, ReplayInputError, TimeRefused) as exc:
         print(f"dialguard: {exc}", file=sys.stderr)
         code = 2
     except StoreUnavailable as exc:

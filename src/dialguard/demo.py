@@ -4,7 +4,9 @@ It starts an embedded PostgreSQL in a fresh temporary directory, the fake Asteri
 itself (the same :class:`~dialguard.app.Service` that `serve` runs), and a simulated dialer whose
 traffic makes every rule fire: repeat calls, blacklisted numbers, night-time destinations, an
 unregistered and a rested caller ID, a paused campaign, tight campaign profiles, a caller ID the
-carrier starts rejecting, and a short database stall that the gate answers fail-closed.
+carrier starts rejecting, and a short database stall that the gate answers fail-closed (announced
+before it starts, so its WARNING line is expected). Per-caller-ID metrics are on, for the handful
+of caller IDs it uses, so every panel of the Grafana dashboard has data.
 """
 
 from __future__ import annotations
@@ -13,9 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -28,6 +28,7 @@ from dialguard.policy.codes import Rule
 from dialguard.policy.feedback import ComplaintRequest
 from dialguard.policy.model import LogQuery
 from dialguard.store.decisions import list_decisions
+from dialguard.store.embedded import temporary_data_dir
 from dialguard.testing import FakeAsterisk, Outcome
 
 # Callers are national US numbers, as a US PBX sends them.
@@ -232,9 +233,8 @@ def _summary(counts: dict[str, float], elapsed: float) -> str:
 
 
 async def run_demo(settings: Settings, *, duration: float | None, rate: float) -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="dialguard-demo-"))
     rng = random.Random(7)
-    try:
+    with temporary_data_dir(prefix="dialguard-demo-") as workdir:
         async with FakeAsterisk(
             settings.ari.username,
             settings.ari.password or "dialguard",
@@ -251,8 +251,6 @@ async def run_demo(settings: Settings, *, duration: float | None, rate: float) -
                     return await _drive(service, fake, rng, duration, rate)
                 finally:
                     await service.stop()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def _place(
@@ -275,6 +273,9 @@ def _demo_settings(settings: Settings, workdir: Path, ari_url: str) -> Settings:
         database=replace(settings.database, url=None, data_dir=workdir),
         ari=replace(settings.ari, url=ari_url, password=settings.ari.password or "dialguard"),
         gate=replace(settings.gate, spool_dir=workdir / "spool", fail_mode="closed"),
+        # A handful of caller IDs: their own series are few, and the dashboard's per-caller-ID
+        # panels have data.
+        metrics=replace(settings.metrics, per_callerid=True),
         # A short judging window, so that a demo minute shows a caller ID rested for carrier
         # blocks; production judges over the last 50 completed calls.
         feedback=replace(settings.feedback, carrier_block_window=8),
@@ -308,6 +309,11 @@ async def _drive(
         await _place(fake, number, caller, campaign, outcome)
         await asyncio.sleep(1.0 / rate)
     # store_unavailable: the database stalls longer than the decision deadline.
+    print(
+        "dialguard demo: stalling the database for 1.2 s on purpose: the next call is denied "
+        "store_unavailable (fail-closed) and a WARNING says the database could not be reached",
+        flush=True,
+    )
     stall = asyncio.create_task(_stall_database(service, 1.2))
     await asyncio.sleep(0.2)
     await _place(fake, "9172649001", CALLERS[9], "spring", None)
