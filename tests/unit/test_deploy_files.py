@@ -43,7 +43,7 @@ def read_asterisk_conf(path: Path) -> list[Section]:
     sections: list[Section] = []
     for raw in path.read_text().splitlines():
         line = re.split(r"(?<!\\);", raw, maxsplit=1)[0].strip()
-        if not line:
+        if not line or line.startswith("#"):  # #include and friends: read on their own
             continue
         header = re.fullmatch(r"\[([^\]]+)\](\([^)]*\))?", line)
         if header:
@@ -229,9 +229,49 @@ def test_secrets_are_required_not_defaulted(compose: dict[str, Any]) -> None:
     for svc, key in [
         ("postgres", "POSTGRES_PASSWORD"),
         ("dialguard", "DIALGUARD_API_TOKEN"),
+        ("dialguard", "DIALGUARD_ARI_PASSWORD"),
         ("grafana", "GF_SECURITY_ADMIN_PASSWORD"),
     ]:
         assert ":?" in raw_env(compose, svc, key), f"{svc}.{key} must come from .env"
+
+
+def test_no_secret_ships_in_plain_text(compose: dict[str, Any]) -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    secret = re.compile(r"(PASSWORD|TOKEN|SECRET)", re.IGNORECASE)
+    defaulted = [
+        line.strip()
+        for line in text.splitlines()
+        if secret.search(line) and ":-" in line and not line.strip().startswith("#")
+    ]
+    assert defaulted == [], "a secret with a default ships that default to every install"
+    for name in ("ari.conf",):
+        for s in read_asterisk_conf(ASTERISK / name):
+            assert s.get("password") is None, f"{name} [{s.name}] ships a password"
+
+
+def test_the_dotenv_list_in_the_readme_is_every_variable_compose_reads(
+    compose: dict[str, Any],
+) -> None:
+    def strings(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            return [s for v in node.values() for s in strings(v)]
+        if isinstance(node, list):
+            return [s for v in node for s in strings(v)]
+        return [node] if isinstance(node, str) else []
+
+    used = {v for text in strings(compose) for v in re.findall(r"\$\{(\w+)", text)}
+    # Settings shipped commented out (the ARI proxy's) are listed too, for when they are on.
+    commented = [
+        line
+        for line in (ROOT / "docker-compose.yml").read_text().splitlines()
+        if line.strip().startswith("#") and ": ${" in line
+    ]
+    used |= {v for line in commented for v in re.findall(r"\$\{(\w+)", line)}
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### The `.env` file") :]
+    section = section[: section.index("\n#", 1)]
+    listed = set(re.findall(r"^\| `(\w+)` \|", section, re.MULTILINE))
+    assert listed == used
 
 
 # -- Asterisk --------------------------------------------------------------------------------
@@ -256,7 +296,19 @@ def test_ari_credentials_match_the_ari_user(compose: dict[str, Any]) -> None:
     user = section(sections, env(compose, "dialguard", "DIALGUARD_ARI_USERNAME"), "user")
     assert user.get("read_only") == "no"
     assert user.get("password_format") == "plain"
-    assert user.get("password") == env(compose, "dialguard", "DIALGUARD_ARI_PASSWORD")
+    # The password is not in ari.conf: it includes a file that compose writes from the same
+    # .env variable that dialguard logs in with.
+    assert '#tryinclude "ari-password.conf"' in (ASTERISK / "ari.conf").read_text()
+    target = {c["source"]: c["target"] for c in service(compose, "asterisk")["configs"]}
+    assert target["ari-password"] == "/etc/asterisk/ari-password.conf"
+    content = compose["configs"]["ari-password"]["content"]
+    assert content.splitlines() == [
+        f"[{user.name}](+)",
+        "password = ${DIALGUARD_ARI_PASSWORD:?set DIALGUARD_ARI_PASSWORD in .env}",
+    ]
+    assert raw_env(compose, "dialguard", "DIALGUARD_ARI_PASSWORD") == (
+        "${DIALGUARD_ARI_PASSWORD:?set DIALGUARD_ARI_PASSWORD in .env}"
+    )
     users = [s.name for s in sections if s.get("type") == "user"]
     assert users == [user.name], "dialers use the ARI proxy, not an ARI account of their own"
 

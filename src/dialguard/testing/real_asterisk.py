@@ -37,6 +37,7 @@ import itertools
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -486,6 +487,10 @@ class RealAsterisk:
         self._observe = observe
         self._keep_run_dir = keep_run_dir
         self.username, self.password = shipped_ari_credentials(config_dir)
+        # The shipped ari.conf keeps no password: it includes ari-password.conf (written below).
+        self._ari_password_file = not self.password
+        if self._ari_password_file:
+            self.password = secrets.token_hex(12)
         self.run_dir = Path(tempfile.mkdtemp(prefix="dialguard-asterisk-"))
         self._namespace: NetworkNamespace | None = None
         self._procs = _Processes()
@@ -694,6 +699,10 @@ class RealAsterisk:
             f'#include "{shipped / "extensions.conf"}"\n\n{self._extra_dialplan}\n'
         )
         (etc / "ari.conf").write_text(f'#include "{shipped / "ari.conf"}"\n')
+        if self._ari_password_file:
+            (etc / "ari-password.conf").write_text(
+                f"[{self.username}](+)\npassword = {self.password}\n"
+            )
         (etc / "http.conf").write_text(
             _replaced(
                 (shipped / "http.conf").read_text(),
