@@ -123,9 +123,8 @@ async def main() -> None:
             DecisionRequest(caller_id=cid, destination=f"{block}{5000 + n:04d}")
             for n in range(args.calls)
         ]
-        print(
-            f"one caller ID capped at 5/1m, {args.calls} calls at once: allowed {await race(deciders, requests)}"
-        )
+        allowed_cap = await race(deciders, requests)
+        print(f"one caller ID capped at 5/1m, {args.calls} calls at once: allowed {allowed_cap}")
         await a.close()
         await b.close()
     finally:

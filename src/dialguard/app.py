@@ -339,8 +339,8 @@ class Service:
         from dialguard.admin import Audit, CallerIds, Campaigns
         from dialguard.api.routes import ApiDeps, build_api_app
         from dialguard.bulk_numbers import BulkNumbers
-        from dialguard.scrub import Scrubber
         from dialguard.decider import TimeRefused
+        from dialguard.scrub import Scrubber
         from dialguard.store.errors import Conflict, InvalidValue, NotFound, StoreUnavailable
         from dialguard.store.health import HealthStore
         from dialguard.store.scrub import ScrubStore

@@ -6,6 +6,7 @@ Every front door (the ARI gate, the ARI proxy, the admin API, the CLI) decides t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -164,10 +165,9 @@ class Decider:
 
     async def _refuse_other_times(self, at: datetime) -> None:
         if not self._database_clock.known:
-            try:
+            # Else judged on this machine's clock; the decision itself then fails over.
+            with contextlib.suppress(StoreUnavailable):
                 await self.sync_clock()
-            except StoreUnavailable:
-                pass  # judged on this machine's clock; the decision itself will fail over
         now = self.now()
         if abs(at - now) > self._tolerance:
             raise TimeRefused(

@@ -1,9 +1,10 @@
 """The schema: numbered migrations, applied once each, then the live functions.
 
-``sql/migrations/NNN_*.sql`` hold schema changes, applied once each in order. ``sql/functions/*.sql``
-hold the functions as they run now (every statement ``CREATE OR REPLACE``), re-applied whenever a
-file's text changes, as Flyway's repeatable migrations are. A release never re-applies its
-functions over a database that a newer release migrated: the newer functions stay.
+``sql/migrations/NNN_*.sql`` hold schema changes, applied once each in order.
+``sql/functions/*.sql`` hold the functions as they run now (every statement ``CREATE OR
+REPLACE``), re-applied whenever a file's text changes, as Flyway's repeatable migrations are.
+A release never re-applies its functions over a database that a newer release migrated: the
+newer functions stay.
 
 Only ``dialguard migrate`` and ``dialguard serve`` change the schema; every other command checks
 it with :func:`check_schema` and refuses to run on an older one.
