@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -815,24 +816,25 @@ async def test_a_reader_that_leaves_early_ends_the_export_quietly(cli: Cli, tmp_
     many = tmp_path / "many.csv"
     many.write_text("".join(f"+1212555{n:04d}\n" for n in range(10000)), encoding="utf-8")
     await cli.ok("blacklist", "import", str(many))
-    proc = await asyncio.create_subprocess_exec(
-        str(DIALGUARD),
-        "blacklist",
-        "export",
-        "--database",
-        cli.dsn,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=clean_env(),
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    first = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
+
+    def export_to_a_reader_that_leaves() -> tuple[bytes, bytes, int]:
+        # As `dialguard blacklist export | head -1`: read one line, then close the pipe.
+        with subprocess.Popen(
+            [str(DIALGUARD), "blacklist", "export", "--database", cli.dsn],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=clean_env(),
+        ) as proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            first = proc.stdout.readline()
+            proc.stdout.close()
+            err = proc.stderr.read()
+            return first, err, proc.wait(timeout=60)
+
+    first, err, code = await asyncio.to_thread(export_to_a_reader_that_leaves)
     assert first == b"value,campaign,source,reason,expires_at,kind\r\n"
-    proc._transport.get_pipe_transport(1).close()  # type: ignore[attr-defined]  # `| head -1`
-    err = await asyncio.wait_for(proc.stderr.read(), timeout=60)
-    await proc.wait()
     assert err == b""
-    assert proc.returncode == 1
+    assert code == 1
 
 
 @pytest.mark.parametrize(

@@ -282,3 +282,23 @@ def test_a_runtime_directory_made_by_someone_else_is_refused(tmp_path: Path) -> 
         os.chown(theirs, 65534, 65534)
         with pytest.raises(EmbeddedError, match="belongs to uid 65534"):
             private_dir(theirs, user)
+
+
+@pytest.mark.slow
+def test_a_data_directory_too_long_for_a_socket_gets_a_private_socket_directory(
+    data_dir: Path,
+) -> None:
+    deep = data_dir / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    handle = EmbeddedPostgres(deep / "pgdata")
+    url = handle.start()
+    try:
+        socket_dir = Path(url.split("host=")[1].split("&")[0])
+        assert socket_dir.parent.name.startswith("dialguard-runtime-")
+        st = socket_dir.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o700
+        owner = pwd.getpwnam(SYSTEM_USER).pw_uid if os.geteuid() == 0 else os.geteuid()
+        assert st.st_uid == owner
+        assert fetch(url, "SELECT 1 AS one") == [{"one": 1}]
+    finally:
+        handle.stop()
