@@ -7,11 +7,11 @@ For each ``synchronous_commit`` setting asked for, and each client count (1, 16,
 
 * the decider: ``clients`` coroutines in one process (uvloop), each deciding one call after
   another through :class:`dialguard.decider.Decider` on a pool of ``clients`` connections (the
-  production path: normalisation, pure checks, the ``dg_decide_batch`` round trip as a
+  production path: normalisation, pure checks, the ``dg_decide`` round trip as a
   prepared statement, evidence, metrics), for ``--seconds`` after a warm-up; once per
   ``--batches`` value: the decisions that arrive together go in one round trip, with at most
   that many batches in flight (0: every decision in its own round trip, a batch of one);
-* pgbench: ``clients`` connections running ``SELECT * FROM dg_decide_batch(...)`` of one
+* pgbench: ``clients`` connections running ``SELECT * FROM dg_decide(...)`` of one
   decision with the same parameters (read from the decider's own first call) and the same
   destination mix, ``-M prepared``, for the same time.
 
@@ -256,11 +256,11 @@ def sql_literal(value: Any, sql_type: str) -> str:
     return "'" + str(value).replace("'", "''") + "'::" + sql_type
 
 
-# The SQL types of a dg_decide_attempt's fields (DecideParams.attempt()), in order, and of a
+# The SQL types of a dg_attempt's fields (DecideParams.attempt()), in order, and of a
 # dg_decide_rules' (DecideRules.row()).
 ATTEMPT_TYPES = [
-    "timestamptz", "text", "text", "text", "integer", "text", "text", "text", "text", "text",
-    "integer",
+    "timestamptz", "boolean", "integer", "text", "text", "text", "integer", "text", "text",
+    "text", "text", "text", "integer",
 ]  # fmt: skip
 RULES_TYPES = [
     "boolean", "integer", "integer", "integer", "integer[]", "integer[]", "integer", "integer",
@@ -271,7 +271,7 @@ RULES_TYPES = [
 def pgbench_script(params: DecideParams, campaign_version: int, batch: int = 1) -> str:
     """The decision SQL with the decider's own constant parameters and the same random mix.
 
-    Each transaction is one ``dg_decide_batch`` of ``batch`` decisions, each drawn as a single
+    Each transaction is one ``dg_decide`` of ``batch`` decisions, each drawn as a single
     one is.
     """
     lines: list[str] = []
@@ -279,13 +279,16 @@ def pgbench_script(params: DecideParams, campaign_version: int, batch: int = 1) 
     fresh_first = 12010000000 + 2_000_000
     for n in range(batch):
         v = "" if batch == 1 else str(n)
-        item = [sql_literal(x, t) for x, t in zip(params.attempt(1), ATTEMPT_TYPES, strict=True)]
+        attempt = params.attempt(1, time.monotonic())
+        item = [sql_literal(x, t) for x, t in zip(attempt, ATTEMPT_TYPES, strict=True)]
         item[0] = "now()"
-        item[1] = f"'+' || :cid{v}"
-        item[2] = f"'+' || :dest{v}"
-        item[3] = f"'c' || :camp{v}"
-        item[4] = str(campaign_version)
-        item[5] = "'pgbench'"
+        item[1] = "true"  # live
+        item[2] = "NULL::integer"  # no budget
+        item[3] = f"'+' || :cid{v}"
+        item[4] = f"'+' || :dest{v}"
+        item[5] = f"'c' || :camp{v}"
+        item[6] = str(campaign_version)
+        item[7] = "'pgbench'"
         calls.append(item)
         lines += [
             f"\\set c{v} random(0, {CALLER_COUNT - 1})",
@@ -302,14 +305,14 @@ def pgbench_script(params: DecideParams, campaign_version: int, batch: int = 1) 
             f" + :f{v} % {FRESH_SPAN}",
             "\\endif",
         ]
-    items = ["ROW(" + ", ".join(item) + ")::dg_decide_attempt" for item in calls]
+    items = ["ROW(" + ", ".join(item) + ")::dg_attempt" for item in calls]
     rules = [sql_literal(x, t) for x, t in zip(params.rules.row(), RULES_TYPES, strict=True)]
     lines.append(
-        "SELECT * FROM dg_decide_batch(ARRAY["
+        "SELECT * FROM dg_decide(ARRAY["
         + ", ".join(items)
         + "], ARRAY[ROW("
         + ", ".join(rules)
-        + ")::dg_decide_rules]);"
+        + ")::dg_decide_rules], true);"
     )
     return "\n".join([*lines, ""])
 

@@ -12,7 +12,7 @@ requests after a warm-up, and what the proxy adds (the difference of the percent
 * ``GET /ari/channels``: a pass-through (small JSON answer, read whole);
 * ``GET /ari/api-docs/channels.json``: a pass-through streamed (66 KB);
 * ``POST /ari/channels?endpoint=PJSIP/<number>@carrier&...``: an origination to the trunk; the
-  proxy decides it first (one ``dg_decide_batch`` round trip) and links the new channel. Every
+  proxy decides it first (one ``dg_decide`` round trip) and links the new channel. Every
   destination is fresh, so every origination is allowed and placed.
 """
 
@@ -270,7 +270,7 @@ def main() -> None:
     if decisions:
         mean = stats["decision_seconds"] / decisions * 1000
         text += (
-            f"\n\nOf the origination's added time, the decision itself (dg_decide_batch in"
+            f"\n\nOf the origination's added time, the decision itself (dg_decide in"
             f" PostgreSQL, measured in the service) took {mean:.3f} ms on average over"
             f" {decisions:.0f} decisions; ungated calls counted: {stats.get('ungated') or 0:.0f}."
         )

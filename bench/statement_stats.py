@@ -1,4 +1,4 @@
-"""Where a decision transaction (a dg_decide_batch of one, or of ``--batch``) spends its time,
+"""Where a decision transaction (a dg_decide of one, or of ``--batch``) spends its time,
 statement by statement, under each plan-cache mode.
 
 Needs a server with ``pg_stat_statements`` preloaded (``track = all``, ``track_planning = on``);
@@ -9,7 +9,7 @@ pgserver's build has no contrib modules, so run it against a stock PostgreSQL ho
 
 For each ``plan_cache_mode`` it runs the pgbench decision script (the same one bench/decisions.py
 uses, ``--batch`` decisions a transaction) with one client for ``--seconds``, then lists every
-statement inside dg_decide_batch with its calls, how many times it was planned, and mean planning
+statement inside dg_decide with its calls, how many times it was planned, and mean planning
 and execution time.
 """
 
@@ -137,7 +137,7 @@ def main() -> None:
     add_server_arguments(parser)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument(
-        "--batch", type=int, default=1, help="decisions a transaction (dg_decide_batch items)"
+        "--batch", type=int, default=1, help="decisions a transaction (dg_decide items)"
     )
     parser.add_argument(
         "--modes", type=lambda s: s.split(","), default=list(MODES), help="plan_cache_mode values"

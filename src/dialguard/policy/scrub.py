@@ -56,7 +56,7 @@ def judge_calls(
 ) -> tuple[Rule | None, Facts]:
     """The first destination rule that ``calls`` (oldest first, all at or before ``at``) break.
 
-    The same checks, windows and facts as ``dg_decide_batch``; a call at t counts in a window W when
+    The same checks, windows and facts as ``dg_decide``; a call at t counts in a window W when
     ``at - W < t``.
     """
     cooldown = _cooldown(calls, profile, at)

@@ -71,7 +71,7 @@ class ScrubStore:
 
 
 def _blacklist(match: str, value: str, row: Any, column: str = "") -> dict[str, Any]:
-    """The facts of a blacklist match, as ``dg_decide_batch`` states them."""
+    """The facts of a blacklist match, as ``dg_decide`` states them."""
     return {
         "match": match,
         "value": value,
