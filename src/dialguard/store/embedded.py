@@ -126,12 +126,16 @@ def server_user() -> ServerUser:
                 check=True,
             )
         except (OSError, subprocess.CalledProcessError) as exc:
-            detail = getattr(exc, "stderr", None) or str(exc)
-            raise EmbeddedError(
-                f"cannot create the system user {SYSTEM_USER}: {detail.strip()}"
-            ) from None
-        log.warning("created the system user %s to run the embedded PostgreSQL", SYSTEM_USER)
-        entry = pwd.getpwnam(SYSTEM_USER)
+            try:  # another dialguard process may have created it a moment ago
+                entry = pwd.getpwnam(SYSTEM_USER)
+            except KeyError:
+                detail = getattr(exc, "stderr", None) or str(exc)
+                raise EmbeddedError(
+                    f"cannot create the system user {SYSTEM_USER}: {detail.strip()}"
+                ) from None
+        else:
+            log.warning("created the system user %s to run the embedded PostgreSQL", SYSTEM_USER)
+            entry = pwd.getpwnam(SYSTEM_USER)
     return ServerUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
 
