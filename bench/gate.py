@@ -1,11 +1,27 @@
-"""Gate throughput and latency: the fake Asterisk offers StasisStart at a fixed rate to a real
-`dialguard serve` process; latency runs from the StasisStart to the continue or hang-up that
-dialguard sends back.
+"""Gate throughput and latency, against the fake Asterisk or a real one.
+
+``--asterisk fake`` (the default): the fake Asterisk offers StasisStart at a fixed rate to a
+real `dialguard serve` process; latency runs from the StasisStart to the continue or hang-up
+that dialguard sends back.
 
     .venv/bin/python bench/gate.py --rates 250 500 1000 --seconds 10
 
 The fake Asterisk and the load generator run in this process, dialguard in its own, PostgreSQL
 (embedded, fresh) in a third: three parties sharing the machine's cores, as on a real PBX host.
+
+``--asterisk real``: a real Asterisk (DIALGUARD_TEST_ASTERISK, see
+dialguard.testing.real_asterisk) runs the shipped [dialguard-out] dialplan, with a sipp carrier
+that answers every call. At each rate the same calls are gated first by a no-op ARI application
+(it holds the application name `dialguard` and only continues each channel to `allowed`), then
+by `dialguard serve`; latency is the time a channel spends in Stasis, from its ChannelDialplan
+event entering Stasis() to the next one (or its hang-up request), as an observer application
+(subscribeAll) receives them. CPU per call is read for dialguard, PostgreSQL, Asterisk, sipp and
+this process.
+
+    .venv/bin/python bench/gate.py --asterisk real --rates 10 50 100 200 --seconds 10
+    scripts/debian-postgres sh -c \
+        '.venv/bin/python bench/gate.py --asterisk real --dsn "$DIALGUARD_TEST_DSN"'
+    .venv/bin/python bench/gate.py --asterisk real --events-only --background 300
 """
 
 from __future__ import annotations
@@ -110,6 +126,7 @@ def _cpu(process: psutil.Process) -> float:
 
 
 def postmaster_pid(data_dir: Path) -> int | None:
+    """The embedded server's postmaster, from its pid file."""
     try:
         return int((data_dir / "postmaster.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
@@ -220,7 +237,12 @@ async def run_rate(
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rates", type=float, nargs="+", default=[250, 500, 1000])
+    parser.add_argument(
+        "--rates",
+        type=float,
+        nargs="+",
+        help="calls offered per second, one step each (default 250 500 1000; real: 10 50 100 200)",
+    )
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--dsn", help="use this PostgreSQL instead of a fresh embedded one")
     parser.add_argument(
@@ -242,7 +264,40 @@ async def main() -> None:
         help="the fake sends every event Asterisk sends (ChannelVarset, ChannelDialplan, ...),"
         " not only those dialguard acts on: what dialguard hears from a real Asterisk",
     )
+    parser.add_argument(
+        "--asterisk",
+        choices=["fake", "real"],
+        default="fake",
+        help="real: the Asterisk named by DIALGUARD_TEST_ASTERISK with a sipp carrier, and a"
+        " no-op ARI application measured beside dialguard at each rate",
+    )
+    parser.add_argument(
+        "--background",
+        type=int,
+        default=0,
+        help="real only: this many unrelated channels (variables set, dialplan steps, about six"
+        " events a second each) run on the Asterisk throughout",
+    )
+    parser.add_argument(
+        "--events-only",
+        action="store_true",
+        help="real only: no gated calls; dialguard's CPU over --seconds with the --background"
+        " channels, with subscribe_all true and false",
+    )
+    parser.add_argument(
+        "--asterisk-verbose",
+        type=int,
+        default=0,
+        help="real only: Asterisk's verbosity (3 logs every dialplan step, at a CPU cost)",
+    )
     args = parser.parse_args()
+    if args.asterisk == "real":
+        from gate_real import run_real
+
+        args.rates = args.rates or [10, 50, 100, 200]
+        await run_real(args)
+        return
+    args.rates = args.rates or [250, 500, 1000]
 
     workdir = Path(tempfile.mkdtemp(prefix="dialguard-bench-gate-"))
     workdir.chmod(0o711)  # as root the embedded server runs as its own user: let it pass
