@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import asyncpg
 
@@ -24,7 +24,7 @@ from dialguard.store.campaigns import CampaignStore
 from dialguard.store.connection import create_pool
 from dialguard.store.decisions import DEFAULT_BATCHES, DecisionStore
 from dialguard.store.embedded import EmbeddedPostgres
-from dialguard.store.migrate import migrate
+from dialguard.store.migrate import check_schema, migrate
 
 if TYPE_CHECKING:
     from dialguard.outcomes import OutcomeTracker
@@ -120,14 +120,25 @@ async def database_url(settings: Settings) -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def open_stores(
-    settings: Settings, *, url: str | None = None, run_migrations: bool = True
+    settings: Settings,
+    *,
+    url: str | None = None,
+    schema: Literal["migrate", "check", "as_is"] = "check",
 ) -> AsyncIterator[Stores]:
-    """A migrated pool and the stores on it; closes the pool (and any embedded server)."""
+    """A pool and the stores on it; closes the pool (and any embedded server).
+
+    ``schema``: ``migrate`` brings the database's schema up to this release (``serve`` and the
+    demo, at start); ``check`` refuses an older one with :class:`SchemaOutdated` (every other
+    command: a schema change may stop the instances still running the previous release, so it
+    happens only when asked for); ``as_is`` leaves it to the caller (``migrate``).
+    """
     if url is not None:
         pool = await create_pool(url, max_size=settings.database.pool_size)
         try:
-            if run_migrations:
+            if schema == "migrate":
                 await migrate(pool)
+            elif schema == "check":
+                await check_schema(pool)
             yield Stores.on(
                 pool, settings.feedback, decision_batches=settings.database.decision_batches
             )
@@ -136,7 +147,7 @@ async def open_stores(
         return
     async with (
         database_url(settings) as found,
-        open_stores(settings, url=found, run_migrations=run_migrations) as stores,
+        open_stores(settings, url=found, schema=schema) as stores,
     ):
         yield stores
 
@@ -455,7 +466,7 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    async with open_stores(settings) as stores:
+    async with open_stores(settings, schema="migrate") as stores:
         service = Service(settings, stores)
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, service.reload_profiles, config_path)

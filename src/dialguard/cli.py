@@ -43,6 +43,7 @@ from dialguard.policy.values import parse_instant as parse_time
 from dialguard.replay import ReplayInputError, read_call_log, replay
 from dialguard.store.blacklist import BlacklistStore
 from dialguard.store.errors import Conflict, NotFound, StoreUnavailable
+from dialguard.store.migrate import SchemaOutdated
 
 log = logging.getLogger("dialguard")
 CLI_DEADLINE = 30.0
@@ -359,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         for problem in exc.problems:
             print(f"dialguard: config: {problem}", file=sys.stderr)
         code = 2
-    except (UsageError, ReplayInputError, TimeRefused) as exc:
+    except (UsageError, ReplayInputError, TimeRefused, SchemaOutdated) as exc:
         print(f"dialguard: {exc}", file=sys.stderr)
         code = 2
     except StoreUnavailable as exc:
@@ -426,7 +427,7 @@ def _decision_text(d: Decision) -> str:
 
 
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_stores(settings, run_migrations=False) as stores:
+    async with open_stores(settings, schema="as_is") as stores:
         from dialguard.store.migrate import migrate
 
         applied = await migrate(stores.pool)

@@ -243,7 +243,7 @@ async def run_demo(settings: Settings, *, duration: float | None, rate: float) -
             verbose_events=False,
         ) as fake:
             demo_settings = _demo_settings(settings, workdir, fake.base_url)
-            async with open_stores(demo_settings) as stores:
+            async with open_stores(demo_settings, schema="migrate") as stores:
                 service = Service(demo_settings, stores, drain_timeout=5.0)
                 await _seed(service)
                 await service.start()
