@@ -106,6 +106,32 @@ async def test_complaints_spread_over_more_than_a_day_do_not_rest(
     assert not r.effects.callerid_rested
 
 
+async def test_complaints_delivered_out_of_order_rest_the_caller_id_all_the_same(
+    pool: asyncpg.Pool, decider: Decider
+) -> None:
+    # Four complaints within a day, delivered newest first: each alone counts only itself at or
+    # before its time, but the window ending at the newest holds the last three.
+    fb = feedback_on(pool)
+    effects = []
+    for i, hours in enumerate((3, 2, 1, 0)):
+        r = await fb.complain(complaint(f"+1212264000{i}", at=NOON_NY - 20 * H + hours * H))
+        effects.append(r.effects.callerid_rested)
+    assert effects == [False, False, True, False]
+    row = await CallerIdStore(pool).get(CID)
+    assert row is not None and (row["state"], row["reason"]) == ("rested", "complaints")
+
+
+async def test_a_campaign_is_paused_by_complaints_out_of_order_too(
+    pool: asyncpg.Pool, decider: Decider
+) -> None:
+    await add_calls(pool, 200, campaign="spring", end=NOON_NY)
+    fb = feedback_on(pool)
+    # 1 % of 200 calls: the second complaint arrives first, and the first completes the window.
+    late = await fb.complain(complaint("+12122640001", campaign="spring", at=NOON_NY))
+    early = await fb.complain(complaint("+12122640002", campaign="spring", at=NOON_NY - H))
+    assert not late.effects.campaign_paused and early.effects.campaign_paused
+
+
 async def test_duplicate_complaint_is_counted_once(pool: asyncpg.Pool, decider: Decider) -> None:
     fb = feedback_on(pool)
     first = await fb.complain(complaint(at=NOON_NY))
