@@ -10,11 +10,12 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +34,7 @@ FIXTURES = Path(__file__).parent.parent / "fixtures"
 CID = "+12125550100"
 DEST = "+12122641234"
 T0 = "2026-03-10T15:00:00Z"  # 11:00 in New York
+ALL_DAY = {"DIALGUARD_PROFILES_DEFAULT_CALLING_HOURS": "00:00-24:00"}
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,14 @@ class Cli:
         return run
 
     async def decide(self, at: str, caller: str = CID, dest: str = DEST, *extra: str) -> Any:
-        return (await self.ok("decide", caller, dest, "--at", at, "--json", *extra)).json()
+        """A dry run as of ``at`` (a recorded decision is about a call placed now)."""
+        return (await self.ok("check", caller, dest, "--at", at, "--json", *extra)).json()
+
+    async def decide_now(self, caller: str = CID, dest: str = DEST, *extra: str) -> Any:
+        """A recorded, live decision, at any hour of the day in New York."""
+        run = await self("decide", caller, dest, "--json", *extra, env=ALL_DAY)
+        assert run.code == 0, run.err
+        return run.json()
 
 
 @pytest.fixture
@@ -141,14 +150,17 @@ async def test_check_answers_in_json_and_records_nothing(cli: Cli, db_dsn: str) 
 
 @pytest.mark.usefixtures("registered")
 async def test_decide_records_and_a_deny_exits_zero_with_its_rule(cli: Cli, db_dsn: str) -> None:
-    first = await cli.decide(T0)
+    first = await cli.decide_now()
     assert first["verdict"] == "allow" and isinstance(first["decision_id"], int)
-    second = await cli.decide("2026-03-10T15:00:01Z", CID, "+1 212 264 1234")
+    second = await cli.decide_now(CID, "+1 212 264 1234")
     assert second["verdict"] == "deny"
     assert second["rule"] == "destination_interval"
-    assert second["evidence"] == "last attempt at 2026-03-10T15:00:00+00:00, minimum interval 4h"
+    last = re.fullmatch(r"last attempt at (\S+), minimum interval 4h", second["evidence"])
+    assert last is not None
+    assert datetime.fromisoformat(second["callable_at"]) - datetime.fromisoformat(
+        last.group(1)
+    ) == timedelta(hours=4)
     assert second["decision_id"] == first["decision_id"] + 1
-    assert second["callable_at"] == "2026-03-10T19:00:00+00:00"
     assert await count_decisions(db_dsn) == 2
 
 
@@ -166,7 +178,7 @@ async def test_text_output_names_the_verdict_rule_evidence_and_callable_time(
 
 async def test_invalid_numbers_are_results_not_errors(cli: Cli) -> None:
     bad_dest, bad_caller = await asyncio.gather(
-        cli.decide(T0, CID, "not a number"), cli.decide(T0, "12", DEST)
+        cli.decide_now(CID, "not a number"), cli.decide_now("12", DEST)
     )
     assert (bad_dest["verdict"], bad_dest["rule"]) == ("deny", "invalid_number")
     assert bad_caller["rule"] == "callerid_unknown"
@@ -231,25 +243,30 @@ async def test_an_unreachable_database_exits_1_with_one_line(cli: Cli) -> None:
 
 @pytest.mark.usefixtures("registered")
 async def test_an_answered_outcome_starts_the_conversation_cooldown(cli: Cli) -> None:
-    first = await cli.decide(T0)
+    first = await cli.decide_now()
+    ended = datetime.now(UTC) + timedelta(minutes=1)
     run = await cli.ok(
         "outcome",
         str(first["decision_id"]),
         "--answered-seconds",
         "60",
         "--at",
-        "2026-03-10T15:01:00Z",
+        ended.isoformat(timespec="seconds"),
         "--json",
     )
     assert run.json() == {"decision_id": first["decision_id"], "outcome": "answered"}
     # A day later the interval and the daily cap are satisfied; the cooldown is not.
-    later = await cli.decide("2026-03-11T15:00:00Z")
+    day_later = (ended + timedelta(days=1)).isoformat(timespec="seconds")
+    later = (await cli("check", CID, DEST, "--at", day_later, "--json", env=ALL_DAY)).json()
     assert later["rule"] == "destination_cooldown"
-    assert later["evidence"] == (
-        "a 60 s conversation ended at 2026-03-10T15:01:00+00:00; cooldown 7d after"
-        " conversations of 30 s or more"
+    found = re.fullmatch(
+        r"a 60 s conversation ended at (\S+); cooldown 7d after conversations of 30 s or more",
+        later["evidence"],
     )
-    assert later["callable_at"] == "2026-03-17T15:01:00+00:00"
+    assert found is not None
+    end = datetime.fromisoformat(found.group(1))
+    assert abs(end - ended) < timedelta(seconds=1)
+    assert datetime.fromisoformat(later["callable_at"]) == end + timedelta(days=7)
 
 
 @pytest.mark.usefixtures("registered")
@@ -382,6 +399,7 @@ async def test_campaign_set_with_a_comma_list_overrides_the_profiles_caps(
         assert (await decide_here(pool, f"2026-03-10T{hour}:00:00Z", campaign="spring")).allowed
     third = await cli.decide("2026-03-10T15:00:00Z", CID, DEST, "--campaign", "spring")
     assert third["verdict"] == "allow"
+    assert (await decide_here(pool, "2026-03-10T15:00:00Z", campaign="spring")).allowed
     fourth = await cli.decide("2026-03-10T16:00:00Z", CID, DEST, "--campaign", "spring")
     assert fourth["rule"] == "destination_cap"
     assert fourth["evidence"] == "3 attempts in the last 24h, limit 3"
