@@ -251,6 +251,26 @@ async def test_blacklist_number_put_get_delete(api: Client) -> None:
     assert status == 400
 
 
+async def test_blacklist_put_never_shortens_an_entry_and_refuses_a_past_expiry(
+    api: Client,
+) -> None:
+    path = "/v1/blacklist/prefixes/+1718264"
+    status, row = await call(api, "PUT", path, json={"expires_at": "2037-01-01T00:00:00Z"})
+    assert status == 200
+    # A past expiry (2020 typed for 2027): refused, and the entry is untouched.
+    status, body = await call(api, "PUT", path, json={"expires_at": "2020-01-01T00:00:00Z"})
+    assert status == 400 and error_code(body) == "invalid_value"
+    assert "already past" in body["error"]["message"]
+    status, row = await call(api, "PUT", path, json={"expires_at": "2031-01-01T00:00:00Z"})
+    assert status == 200 and row["expires_at"].startswith("2037-01-01"), "the later expiry wins"
+    status, row = await call(
+        api, "PUT", path, json={"expires_at": "2031-01-01T00:00:00Z", "replace": True}
+    )
+    assert status == 200 and row["expires_at"].startswith("2031-01-01")
+    status, body = await call(api, "PUT", path, json={"replace": "yes"})
+    assert status == 400 and "replace" in body["error"]["message"]
+
+
 async def test_blacklist_prefix_put_get_delete_per_campaign(api: Client) -> None:
     path = "/v1/blacklist/prefixes/+1718264"
     status, row = await call(api, "PUT", path, json={"campaign": "spring"})

@@ -14,10 +14,13 @@ from dialguard.policy.codes import Rule
 from dialguard.policy.model import Decision, DecisionRequest
 from dialguard.store.blacklist import GLOBAL, BlacklistStore, number_key
 from dialguard.store.callerids import CallerIdStore
+from dialguard.store.errors import InvalidValue
 from tests.support import NOON_NY, make_decider
 
 CID = "+12125550100"
-EXPIRES = datetime(2027, 1, 1, tzinfo=UTC)
+EXPIRES = datetime(2037, 1, 1, tzinfo=UTC)
+# Noon in New York on a day still to come: an expiry around it may be set now.
+FUTURE_NOON_NY = NOON_NY.replace(year=2036)
 
 
 @pytest.fixture
@@ -54,7 +57,8 @@ async def test_adding_a_number_twice_updates_it_in_place(store: BlacklistStore) 
     await store.add_number("+12122641234", source="dnc", reason="asked")
     row = await store.add_number("+12122641234", source="crm", reason=None, expires_at=EXPIRES)
     assert row["number"] == "+12122641234"
-    assert (row["source"], row["reason"], row["expires_at"]) == ("crm", None, EXPIRES)
+    # An entry that never expired keeps never expiring: an expiry would shorten it.
+    assert (row["source"], row["reason"], row["expires_at"]) == ("crm", None, None)
     assert await export(store) == [("+12122641234", GLOBAL, "crm", None)]
 
 
@@ -189,7 +193,7 @@ async def test_imported_rows_from_a_csv_blacklist_their_destinations(
 async def test_an_entry_holds_until_one_second_before_it_expires(
     store: BlacklistStore, decider: Decider
 ) -> None:
-    expires = NOON_NY + timedelta(minutes=30)
+    expires = FUTURE_NOON_NY + timedelta(minutes=30)
     await store.add_number("+12122641234", expires_at=expires)
     await store.add_prefix("+1718264", campaign="spring", expires_at=expires)
     second = timedelta(seconds=1)
@@ -200,11 +204,49 @@ async def test_an_entry_holds_until_one_second_before_it_expires(
     assert await rule_for(decider, "+17182641234", "spring", at=expires) is None
 
 
-async def test_an_expired_entry_still_exists_until_removed(store: BlacklistStore) -> None:
-    past = NOON_NY - timedelta(days=1)
-    await store.add_number("+12122641234", expires_at=past)
+async def test_an_expiry_already_past_is_refused_and_nothing_changes(
+    store: BlacklistStore,
+) -> None:
+    await store.add_prefix("+1718264", expires_at=EXPIRES)
+    past = datetime.now(UTC) - timedelta(days=1)
+    for add, value in ((store.add_number, "+12122641234"), (store.add_prefix, "+1718264")):
+        with pytest.raises(InvalidValue, match="already past"):
+            await add(value, expires_at=past)
+        with pytest.raises(InvalidValue):
+            await add(value, expires_at=past, replace=True)
+    assert await store.get_number("+12122641234") is None
+    row = await store.get_prefix("+1718264")
+    assert row is not None and row["expires_at"] == EXPIRES
+
+
+async def test_adding_an_entry_again_never_shortens_its_life_unless_asked(
+    store: BlacklistStore,
+) -> None:
+    sooner = EXPIRES - timedelta(days=100)
+    for add, get, value in (
+        (store.add_number, store.get_number, "+12122641234"),
+        (store.add_prefix, store.get_prefix, "+1718264"),
+    ):
+        await add(value, expires_at=EXPIRES)
+        kept = await add(value, reason="typo", expires_at=sooner)
+        assert (kept["reason"], kept["expires_at"]) == ("typo", EXPIRES)
+        longer = await add(value, expires_at=EXPIRES + timedelta(days=1))
+        assert longer["expires_at"] == EXPIRES + timedelta(days=1)
+        forever = await add(value)
+        assert forever["expires_at"] is None
+        still = await add(value, expires_at=EXPIRES)
+        assert still["expires_at"] is None, "no expiry outlives any"
+        replaced = await add(value, expires_at=sooner, replace=True)
+        assert replaced["expires_at"] == sooner
+        row = await get(value)
+        assert row is not None and row["expires_at"] == sooner
+
+
+async def test_an_import_never_shortens_an_entry_either(store: BlacklistStore) -> None:
+    await store.add_number("+12122641234", expires_at=EXPIRES)
+    await store.import_chunk([(12122641234, "", "registry", None, EXPIRES - timedelta(days=1))])
     row = await store.get_number("+12122641234")
-    assert row is not None and row["expires_at"] == past
+    assert row is not None and (row["source"], row["expires_at"]) == ("registry", EXPIRES)
 
 
 async def checked(decider: Decider, destination: str, campaign: str | None = None) -> Decision:

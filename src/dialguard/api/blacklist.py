@@ -14,7 +14,7 @@ from aiohttp import web
 
 from dialguard.api.bodies import csv_records, json_object, read_json, text_field, time_value
 from dialguard.api.context import answer, deps, number, prefix
-from dialguard.api.errors import MalformedBody, NotFound
+from dialguard.api.errors import BadRequest, MalformedBody, NotFound
 from dialguard.api.ports import StageRow
 from dialguard.blacklist_csv import NUMBER_COLUMNS, OPTIONAL_COLUMNS, number_row
 from dialguard.numbers import InvalidNumber
@@ -51,8 +51,16 @@ async def put_entry(request: web.Request) -> web.Response:
         source=text_field(body, "source") or "manual",
         reason=text_field(body, "reason"),
         expires_at=time_value(text_field(body, "expires_at"), "expires_at"),
+        replace=_flag(body, "replace"),
     )
     return answer(row)
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false")
+    return value
 
 
 async def delete_entry(request: web.Request) -> web.Response:

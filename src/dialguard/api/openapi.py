@@ -93,7 +93,10 @@ def _entry_ops(kind: str) -> J:
                     "campaign": {"type": "string"},
                     "source": {"type": "string"},
                     "reason": {"type": "string"},
+                    # In the future; an entry already there keeps the later expiry unless
+                    # replace is true.
                     "expires_at": TIME,
+                    "replace": {"type": "boolean", "default": False},
                 },
             }
         ),

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
 from dialguard.policy.model import BlacklistNumberRow, BlacklistPrefixRow
 from dialguard.store.connection import connection
-from dialguard.store.errors import Conflict
+from dialguard.store.errors import Conflict, InvalidValue
 from dialguard.store.queries import q
 
 GLOBAL = ""
@@ -28,6 +28,14 @@ def _number_row(row: Any) -> dict[str, Any]:
     return out
 
 
+def _refuse_past(expires_at: datetime | None) -> None:
+    if expires_at is not None and expires_at <= datetime.now(UTC):
+        raise InvalidValue(
+            f"the expiry {expires_at.isoformat()} is already past: the entry would not block"
+            " anything (leave the expiry out for an entry that never expires)"
+        )
+
+
 class BlacklistStore:
     """Reads and writes the blacklists through a pool it is given (and does not close)."""
 
@@ -42,10 +50,15 @@ class BlacklistStore:
         source: str = "manual",
         reason: str | None = None,
         expires_at: datetime | None = None,
+        replace: bool = False,
     ) -> dict[str, Any]:
+        """Add the entry, or update it: an entry already there keeps the later of its expiry
+        and ``expires_at`` (none outlives any), unless ``replace``. An expiry already past is
+        refused (:class:`InvalidValue`): it would silently lift the entry."""
+        _refuse_past(expires_at)
         async with connection(self._pool) as conn:
             row = await conn.fetchrow(
-                q("blacklist_add_number"), number_key(e164), campaign, source, reason, expires_at
+                q("blacklist_add_number"), number_key(e164), campaign, source, reason, expires_at, replace
             )
         return _number_row(row)
 
@@ -67,10 +80,15 @@ class BlacklistStore:
         source: str = "manual",
         reason: str | None = None,
         expires_at: datetime | None = None,
+        replace: bool = False,
     ) -> dict[str, Any]:
+        """Add the entry, or update it: an entry already there keeps the later of its expiry
+        and ``expires_at`` (none outlives any), unless ``replace``. An expiry already past is
+        refused (:class:`InvalidValue`): it would silently lift the entry."""
+        _refuse_past(expires_at)
         async with connection(self._pool) as conn:
             row = await conn.fetchrow(
-                q("blacklist_add_prefix"), prefix, campaign, source, reason, expires_at
+                q("blacklist_add_prefix"), prefix, campaign, source, reason, expires_at, replace
             )
         return dict(row.items())
 
@@ -131,7 +149,7 @@ class BlacklistStore:
     async def import_prefixes(self, rows: Sequence[PrefixStageRow]) -> int:
         """Upsert prefix rows (a few thousand at most), in one transaction."""
         async with connection(self._pool) as conn, conn.transaction():
-            await conn.executemany(q("blacklist_add_prefix"), rows)
+            await conn.executemany(q("blacklist_add_prefix"), [(*r, False) for r in rows])
         return len(rows)
 
     async def export(self) -> AsyncIterator[dict[str, Any]]:

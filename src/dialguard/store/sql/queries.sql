@@ -77,10 +77,15 @@ RETURNING number, state, reason, campaign, created_at, changed_at
 SELECT state, count(*)::int AS n FROM callerids GROUP BY state
 
 -- name: blacklist_add_number
+-- An entry already there keeps the later of its expiry and the new one (none is the latest),
+-- unless $6 (replace) asks for the new one as given.
 INSERT INTO blacklist_numbers AS b (number, campaign, source, reason, expires_at)
 VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (number, campaign) DO UPDATE
-   SET source = excluded.source, reason = excluded.reason, expires_at = excluded.expires_at
+   SET source = excluded.source, reason = excluded.reason,
+       expires_at = CASE WHEN $6 THEN excluded.expires_at
+                         WHEN b.expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
+                         ELSE greatest(b.expires_at, excluded.expires_at) END
 RETURNING number, campaign, source, reason, expires_at, created_at
 
 -- name: blacklist_get_number
@@ -91,10 +96,15 @@ SELECT number, campaign, source, reason, expires_at, created_at
 DELETE FROM blacklist_numbers WHERE number = $1 AND campaign = $2 RETURNING number
 
 -- name: blacklist_add_prefix
+-- An entry already there keeps the later of its expiry and the new one (none is the latest),
+-- unless $6 (replace) asks for the new one as given.
 INSERT INTO blacklist_prefixes AS b (prefix, campaign, source, reason, expires_at)
 VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (prefix, campaign) DO UPDATE
-   SET source = excluded.source, reason = excluded.reason, expires_at = excluded.expires_at
+   SET source = excluded.source, reason = excluded.reason,
+       expires_at = CASE WHEN $6 THEN excluded.expires_at
+                         WHEN b.expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
+                         ELSE greatest(b.expires_at, excluded.expires_at) END
 RETURNING prefix, campaign, source, reason, expires_at, created_at
 
 -- name: blacklist_get_prefix
@@ -110,13 +120,16 @@ CREATE TEMPORARY TABLE blacklist_stage (
 ) ON COMMIT DROP
 
 -- name: blacklist_merge_stage
--- One row per key wins (the last in the file), then upsert into the blacklist.
+-- One row per key wins (the last in the file), then upsert into the blacklist; an entry already
+-- there keeps the later of the two expiries (none is the latest), as one added alone does.
 INSERT INTO blacklist_numbers AS b (number, campaign, source, reason, expires_at)
 SELECT DISTINCT ON (number, campaign) number, campaign, source, reason, expires_at
   FROM blacklist_stage
  ORDER BY number, campaign, ord DESC
 ON CONFLICT (number, campaign) DO UPDATE
-   SET source = excluded.source, reason = excluded.reason, expires_at = excluded.expires_at
+   SET source = excluded.source, reason = excluded.reason,
+       expires_at = CASE WHEN b.expires_at IS NULL OR excluded.expires_at IS NULL THEN NULL
+                         ELSE greatest(b.expires_at, excluded.expires_at) END
 
 -- name: blacklist_export_numbers
 SELECT '+' || number::text AS value, campaign, source, reason, expires_at, 'number' AS kind
