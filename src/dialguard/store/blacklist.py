@@ -58,7 +58,13 @@ class BlacklistStore:
         _refuse_past(expires_at)
         async with connection(self._pool) as conn:
             row = await conn.fetchrow(
-                q("blacklist_add_number"), number_key(e164), campaign, source, reason, expires_at, replace
+                q("blacklist_add_number"),
+                number_key(e164),
+                campaign,
+                source,
+                reason,
+                expires_at,
+                replace,
             )
         return _number_row(row)
 
