@@ -10,7 +10,6 @@ import argparse
 import asyncio
 import contextlib
 import csv
-import inspect
 import json
 import logging
 import os
@@ -41,14 +40,11 @@ from dialguard.policy.profile import ProfileError, build_profile, parse_override
 from dialguard.policy.values import ValueSyntaxError
 from dialguard.policy.values import parse_instant as parse_time
 from dialguard.replay import ReplayInputError, read_call_log, replay
-from dialguard.store.blacklist import BlacklistStore
 from dialguard.store.errors import Conflict, NotFound, StoreUnavailable
 from dialguard.store.migrate import SchemaOutdated
 
 log = logging.getLogger("dialguard")
 CLI_DEADLINE = 30.0
-# ``--replace`` is offered once the store takes it.
-_STORE_TAKES_REPLACE = "replace" in inspect.signature(BlacklistStore.add_number).parameters
 IMPORT_CHUNK = 200_000
 
 
@@ -287,13 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
             )
             s.add_argument("--reason", help="why (kept with the entry)")
             s.add_argument("--source", help="where the entry comes from (default: manual)")
-            if _STORE_TAKES_REPLACE:
-                s.add_argument(
-                    "--replace",
-                    action="store_true",
-                    help="replace an existing entry's expiry, reason and source (without it, "
-                    "the later expiry wins)",
-                )
+            s.add_argument(
+                "--replace",
+                action="store_true",
+                help="take --expires as given even where it is earlier (without it, an entry "
+                "already there keeps the later expiry; none is the latest)",
+            )
     s = cmd(
         g, "import", "import a blacklist CSV (streamed; bad rows reported by line)", BLACKLIST_CSV
     )
@@ -700,9 +695,6 @@ async def cmd_blacklist(settings: Settings, args: argparse.Namespace) -> int:
             _emit(args, {"removed": value}, f"removed {value}")
             return 0
         add = stores.blacklist.add_prefix if args.prefix else stores.blacklist.add_number
-        options: dict[str, Any] = {}
-        if getattr(args, "replace", False):
-            options["replace"] = True
         try:
             row = await add(
                 value,
@@ -710,7 +702,7 @@ async def cmd_blacklist(settings: Settings, args: argparse.Namespace) -> int:
                 source=args.source or "manual",
                 reason=args.reason,
                 expires_at=_time(args.expires),
-                **options,
+                replace=args.replace,
             )
         except ValueError as exc:  # e.g. an expiry in the past
             raise UsageError(str(exc)) from None

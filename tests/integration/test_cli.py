@@ -550,13 +550,13 @@ async def test_expires_must_carry_an_offset_and_nothing_is_added_without_one(
 @pytest.mark.usefixtures("registered")
 async def test_an_entry_with_an_expiry_holds_until_then(cli: Cli, pool: asyncpg.Pool) -> None:
     added = await cli.ok(
-        "blacklist", "add", DEST, "--expires", "2026-03-10T12:00:00-04:00", "--json"
+        "blacklist", "add", DEST, "--expires", "2099-03-10T12:00:00-04:00", "--json"
     )
-    assert added.json()["expires_at"].startswith("2026-03-10 16:00:00")
-    denied = await decide_here(pool, "2026-03-10T15:59:59Z")
+    assert added.json()["expires_at"].startswith("2099-03-10 16:00:00")
+    denied = await decide_here(pool, "2099-03-10T15:59:59Z")
     assert denied.rule is not None and denied.rule.value == "blacklisted"
-    assert denied.callable_at == datetime.fromisoformat("2026-03-10T16:00:00+00:00")
-    assert (await decide_here(pool, "2026-03-10T16:00:00Z")).allowed
+    assert denied.callable_at == datetime.fromisoformat("2099-03-10T16:00:00+00:00")
+    assert (await decide_here(pool, "2099-03-10T16:00:00Z")).allowed
 
 
 async def test_import_reports_bad_rows_by_line_and_keeps_the_good_ones(cli: Cli) -> None:
@@ -882,3 +882,19 @@ async def test_an_unknown_campaign_is_refused_with_the_known_names(cli: Cli) -> 
         "`dialguard campaign set sprng`, or --campaign default for the default profile)"
     ]
     assert named_default.json()["verdict"] == known.json()["verdict"] == "allow"
+
+
+async def test_adding_again_keeps_the_later_expiry_unless_replace_is_given(cli: Cli) -> None:
+    later, earlier = "2099-01-01T00:00:00+00:00", "2098-01-01T00:00:00+00:00"
+    await cli.ok("blacklist", "add", DEST, "--expires", later)
+    kept = await cli.ok("blacklist", "add", DEST, "--expires", earlier, "--json")
+    assert kept.json()["expires_at"].startswith("2099-01-01")
+    replaced = await cli.ok("blacklist", "add", "--replace", DEST, "--expires", earlier, "--json")
+    assert replaced.json()["expires_at"].startswith("2098-01-01")
+
+
+async def test_an_expiry_already_past_is_refused(cli: Cli, pool: asyncpg.Pool) -> None:
+    run = await cli("blacklist", "add", DEST, "--expires", "2020-01-01T00:00:00Z")
+    assert run.code == 2
+    assert len(run.err_lines) == 1 and "already past" in run.err_lines[0]
+    assert await pool.fetchval("SELECT count(*) FROM blacklist_numbers") == 0
