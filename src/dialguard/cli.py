@@ -517,7 +517,10 @@ class _Rows:
 
     def write(self, values: Sequence[Any]) -> None:
         if self._json:
-            record = dict(zip(self._columns, values, strict=True))
+            record = {
+                column: value.isoformat() if isinstance(value, datetime) else value
+                for column, value in zip(self._columns, values, strict=True)
+            }
             self._out.write(json.dumps(record, default=str) + "\n")
         else:
             self._csv.writerow([_cell(v) for v in values])

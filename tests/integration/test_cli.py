@@ -702,7 +702,16 @@ async def test_json_is_refused_where_it_means_nothing(cli: Cli) -> None:
 
 async def test_blacklist_export_in_json_is_one_object_a_line(cli: Cli) -> None:
     await cli.ok("blacklist", "add", DEST, "--reason", "asked")
-    await cli.ok("blacklist", "add", "+1718264", "--prefix", "--campaign", "ny")
+    await cli.ok(
+        "blacklist",
+        "add",
+        "+1718264",
+        "--prefix",
+        "--campaign",
+        "ny",
+        "--expires",
+        "2099-01-01T00:00:00Z",
+    )
     run = await cli.ok("blacklist", "export", "--json")
     rows = [json.loads(line) for line in run.out.splitlines()]
     assert rows == [
@@ -719,7 +728,7 @@ async def test_blacklist_export_in_json_is_one_object_a_line(cli: Cli) -> None:
             "campaign": "ny",
             "source": "manual",
             "reason": "",
-            "expires_at": None,
+            "expires_at": "2099-01-01T00:00:00+00:00",
             "kind": "prefix",
         },
     ]
