@@ -8,10 +8,10 @@ without a header is one number a line, optionally followed by those columns in t
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+from dialguard.csv_input import CsvRecords
 from dialguard.numbers import InvalidNumber, is_e164_prefix, normalise_for_list
 from dialguard.policy.model import BlacklistNumberRow, BlacklistPrefixRow
 from dialguard.policy.values import parse_instant as parse_time
@@ -42,9 +42,10 @@ def read_rows(
     """Yield (good rows, errors) per chunk; nothing is held beyond one chunk.
 
     Rows of kind ``prefix`` are appended to ``prefixes`` (the caller stores and empties it after
-    each chunk); without that list they are reported as errors.
+    each chunk); without that list they are reported as errors. A record or field past the
+    bounds of :mod:`dialguard.csv_input`, or broken quoting, raises its ``CsvInputError``.
     """
-    reader = csv.reader(lines)
+    reader = CsvRecords(lines)
     columns: list[str] | None = None
     chunk: list[StageRow] = []
     errors: list[RowError] = []

@@ -31,6 +31,7 @@ from dialguard.config import (
     find_config_file,
     load_settings,
 )
+from dialguard.csv_input import CsvInputError, CsvRecords
 from dialguard.decider import TimeRefused
 from dialguard.numbers import InvalidNumber, is_e164_prefix, normalise
 from dialguard.policy.codes import CallerIdState
@@ -355,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         for problem in exc.problems:
             print(f"dialguard: config: {problem}", file=sys.stderr)
         code = 2
-    except (UsageError, ReplayInputError, TimeRefused, SchemaOutdated) as exc:
+    except (UsageError, ReplayInputError, TimeRefused, CsvInputError, SchemaOutdated) as exc:
         print(f"dialguard: {exc}", file=sys.stderr)
         code = 2
     except StoreUnavailable as exc:
@@ -858,7 +859,7 @@ async def cmd_complaints(settings: Settings, args: argparse.Namespace) -> int:
 async def _complaints_import(
     feedback: Any, handle: TextIO, name: str, source: str | None, summary: Any
 ) -> None:
-    reader = csv.reader(handle)
+    reader = CsvRecords(handle)
     header = [c.strip().lower() for c in next(reader, [])]
     if "destination" not in header and "number" not in header:
         raise UsageError(f"{name}: line 1: the header needs a destination column")
@@ -915,7 +916,7 @@ async def cmd_scrub(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _number_chunks(handle: TextIO, size: int = 5000) -> AsyncIterator[list[str]]:
     """The numbers of a lead list: a destination column (or number, phone), else the first."""
-    reader = csv.reader(handle)
+    reader = CsvRecords(handle)
     column: int | None = None
     chunk: list[str] = []
     for fields in reader:

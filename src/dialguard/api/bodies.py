@@ -1,8 +1,9 @@
 """Request bodies: size-limited JSON, and CSV streamed record by record with line numbers.
 
 A CSV body is never held whole: it is read in blocks, decoded incrementally and handed on in
-batches of records, each with the line it starts on. A body that is not UTF-8 or breaks the CSV
-quoting rules raises :class:`MalformedBody` with the line and column of the fault.
+batches of records, each with the line it starts on. A body that is not UTF-8, breaks the CSV
+quoting rules or holds a record or field past the bounds of :mod:`dialguard.csv_input` raises
+:class:`MalformedBody` with the line (and column) of the fault.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from dialguard.api.errors import BadRequest, MalformedBody, TooLarge, UnsupportedMedia
+from dialguard.csv_input import MAX_FIELD, MAX_RECORD, field_too_long, record_too_long
 from dialguard.policy.values import ValueSyntaxError, parse_instant
 
 BLOCK = 256 * 1024
@@ -95,12 +97,27 @@ def int_value(text: str | None, name: str, *, low: int, high: int, default: int)
     return int(text)
 
 
-async def csv_records(request: web.Request, *, batch: int = 5000) -> AsyncIterator[list[Record]]:
-    """Batches of CSV records from the streamed body, blank lines skipped."""
+async def csv_records(
+    request: web.Request,
+    *,
+    batch: int = 5000,
+    max_record: int = MAX_RECORD,
+    max_field: int = MAX_FIELD,
+) -> AsyncIterator[list[Record]]:
+    """Batches of CSV records from the streamed body, blank lines skipped.
+
+    A record (a line, or a quoted record over several) longer than ``max_record`` characters,
+    or a field longer than ``max_field``, is refused with the line it starts on: a quote never
+    closed or a line never ended is found once that much has arrived, not at the end of the
+    body. Each character is scanned for record ends once, so an unfinished record costs no
+    more per block as it grows.
+    """
     if request.content_type not in ("text/csv", "text/plain", "application/csv"):
         raise UnsupportedMedia(f"expected text/csv, got {request.content_type}")
     decoder = codecs.getincrementaldecoder("utf-8")()
-    pending = ""  # an unfinished last line, or an unfinished quoted record
+    pending: list[str] = []  # the pieces of an unfinished record
+    pending_len = 0
+    quotes = 0  # quotes in ``pending``: an odd count is an open quoted field
     pending_line = 1  # the line ``pending`` starts on
     newlines = 0  # newlines in the bytes before the current block, for error positions
     head = b""  # bytes after the last of those newlines
@@ -115,37 +132,54 @@ async def csv_records(request: web.Request, *, batch: int = 5000) -> AsyncIterat
         newlines += block.count(b"\n")
         cut_bytes = block.rfind(b"\n")
         head = block[cut_bytes + 1 :] if cut_bytes >= 0 else head + block
-        text = pending + text
-        cut = _complete_prefix(text)
-        pending, complete = text[cut:], text[:cut]
-        pending_line = _parse(complete, pending_line, out)
+        first, cut, quotes = _record_ends(text, quotes)
+        if cut == 0:
+            pending.append(text)
+            pending_len += len(text)
+            if pending_len > max_record:
+                raise MalformedBody(record_too_long(max_record), line=pending_line, column=1)
+            continue
+        if pending_len + first > max_record:
+            raise MalformedBody(record_too_long(max_record), line=pending_line, column=1)
+        pending.append(text[:cut])
+        complete = "".join(pending)
+        pending, pending_len = [text[cut:]], len(text) - cut
+        pending_line = _parse(complete, pending_line, out, max_field)
+        if pending_len > max_record:
+            raise MalformedBody(record_too_long(max_record), line=pending_line, column=1)
         while len(out) >= batch:
             yield out[:batch]
             del out[:batch]
     try:
-        tail = pending + decoder.decode(b"", final=True)
+        tail = "".join(pending) + decoder.decode(b"", final=True)
     except UnicodeDecodeError:
         raise MalformedBody("not UTF-8 at the end", line=newlines + 1, column=1) from None
     if tail:
-        _parse(tail if tail.endswith("\n") else tail + "\n", pending_line, out)
+        _parse(tail if tail.endswith("\n") else tail + "\n", pending_line, out, max_field)
     if out:
         yield out
 
 
-def _complete_prefix(text: str) -> int:
-    """Where the last complete record of ``text`` ends: after a newline outside quotes."""
+def _record_ends(text: str, quotes: int) -> tuple[int, int, int]:
+    """Where the first and the last record that ``text`` completes end (0: none), and the
+    quotes after the last end; ``quotes`` is the count of quotes before ``text`` in its
+    unfinished record (an odd count leaves a newline inside a quoted field)."""
     if '"' not in text:
-        return text.rfind("\n") + 1
-    end = pos = quotes = 0
+        if quotes % 2:
+            return 0, 0, quotes
+        return text.find("\n") + 1, text.rfind("\n") + 1, 0
+    first = last = pos = 0
     while (newline := text.find("\n", pos)) >= 0:
         quotes += text.count('"', pos, newline)
         pos = newline + 1
         if quotes % 2 == 0:
-            end = pos
-    return end
+            first = first or pos
+            last = pos
+            quotes = 0
+    return first, last, quotes + text.count('"', pos)
 
 
-def _parse(text: str, first_line: int, out: list[Record]) -> int:
+def _parse(text: str, first_line: int, out: list[Record], max_field: int = MAX_FIELD) -> int:
     """Parse complete records into ``out``; returns the line after the last one."""
     if not text:
         return first_line
@@ -159,7 +193,10 @@ def _parse(text: str, first_line: int, out: list[Record]) -> int:
         for i, line in enumerate(lines):
             stripped = line.rstrip("\r")
             if stripped.strip():
-                out.append((first_line + i, stripped.split(",")))
+                fields = stripped.split(",")
+                if len(stripped) > max_field:
+                    _check_fields(fields, first_line + i, max_field)
+                out.append((first_line + i, fields))
         return first_line + len(lines)
     lines = [line + "\n" for line in lines]
     reader = csv.reader(lines, strict=True)
@@ -171,13 +208,24 @@ def _parse(text: str, first_line: int, out: list[Record]) -> int:
             break
         except csv.Error as exc:
             bad = first_line + reader.line_num - 1
+            if "field larger than field limit" in str(exc):
+                raise MalformedBody(field_too_long(max_field), line=start, column=1) from None
             raise MalformedBody(
                 f"CSV: {exc}", line=bad, column=_fault_column(lines[reader.line_num - 1])
             ) from None
+        _check_fields(fields, start, max_field)
         if fields and any(f.strip() for f in fields):
             out.append((start, fields))
         start = first_line + reader.line_num
     return first_line + len(lines)
+
+
+def _check_fields(fields: list[str], line: int, max_field: int) -> None:
+    column = 1
+    for field in fields:
+        if len(field) > max_field:
+            raise MalformedBody(field_too_long(max_field), line=line, column=column)
+        column += len(field) + 1
 
 
 def _fault_column(line: str) -> int:
