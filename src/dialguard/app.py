@@ -228,6 +228,13 @@ class Service:
             settings.gate.spool_dir,
             lambda rows: insert_spooled(stores.pool, rows),
             on_error=self.metrics.background_error,
+            write_back_outcomes=lambda outcomes: self.outcome_sink.write_back(outcomes),
+        )
+        self.outcome_sink = StoreOutcomeSink(
+            stores.decisions,
+            self.metrics,
+            on_error=self.metrics.background_error,
+            spool=self.spool,
         )
         self.complaints = ComplaintStore(stores.pool)
         self.feedback = Feedback(
@@ -247,13 +254,7 @@ class Service:
             settings.ari.password,
             settings.ari.app,
         )
-        self.outcomes = OutcomeTracker(
-            StoreOutcomeSink(
-                stores.decisions, self.metrics, on_error=self.metrics.background_error
-            ),
-            self.metrics,
-            self.tasks.spawn,
-        )
+        self.outcomes = OutcomeTracker(self.outcome_sink, self.metrics, self.tasks.spawn)
         gate = settings.gate
         self.gate = Gate(
             GateConfig(

@@ -17,10 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from dialguard.policy.codes import Outcome, RestReason
 from dialguard.policy.outcome import classify, rejection_label
@@ -35,7 +35,10 @@ MISCONFIGURED_WITHIN = 2.0
 
 @dataclass(frozen=True, slots=True)
 class CallOutcome:
-    decision_id: int
+    """What became of one allowed call. ``decision_id`` is None for a call allowed in fail-open
+    mode, whose decision waits in the spool: ``channel_id`` then finds it once written back."""
+
+    decision_id: int | None
     outcome: Outcome
     answered_seconds: int | None
     cause: int | None
@@ -43,6 +46,7 @@ class CallOutcome:
     at: datetime
     campaign: str
     caller_id: str
+    channel_id: str | None = None
 
 
 class OutcomeSink(Protocol):
@@ -285,8 +289,8 @@ class OutcomeTracker:
             label = rejection_label(cause, sip_code)
             if label is not None:
                 self._metrics.carrier_rejection(label, call.campaign)
-        if call.decision_id is None:
-            return  # counted; nothing to write against
+        if call.decision_id is None and not call.channel_id:
+            return  # counted; neither a decision nor a channel to write it against
         self._spawn(
             self._sink.record(
                 CallOutcome(
@@ -298,6 +302,7 @@ class OutcomeTracker:
                     at,
                     call.campaign,
                     call.caller_id,
+                    call.channel_id or None,
                 )
             )
         )
@@ -319,6 +324,7 @@ class RecordedOutcome(Protocol):
 
 
 class OutcomeStore(Protocol):
+    async def latest_for_channel(self, channel_id: str) -> Mapping[str, Any] | None: ...
     async def record_outcome(
         self,
         decision_id: int,
@@ -335,11 +341,19 @@ class RestMetrics(Protocol):
     def callerid_rested(self, reason: str, campaign: str | None) -> None: ...
 
 
+class OutcomeSpool(Protocol):
+    """Where an outcome waits when the database cannot take it (the fail-open spool)."""
+
+    def append_outcome(self, outcome: CallOutcome) -> None: ...
+
+
 class StoreOutcomeSink:
     """Records outcomes in the database, retrying through a short outage.
 
     The recording transaction also judges the caller ID's carrier-block signal; when it rests
-    the caller ID, that is counted here.
+    the caller ID, that is counted here. An outcome is never dropped while the ``spool`` can
+    hold it: a fail-open call's outcome goes there at once (its decision is there too), and any
+    other after its last attempt. :meth:`write_back` records them when the spool replays.
     """
 
     def __init__(
@@ -350,32 +364,23 @@ class StoreOutcomeSink:
         attempts: int = 30,
         pause: float = 1.0,
         on_error: Callable[[str], None] | None = None,
+        spool: OutcomeSpool | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._attempts = attempts
         self._pause = pause
         self._on_error = on_error
+        self._spool = spool
 
     async def record(self, outcome: CallOutcome) -> None:
+        if outcome.decision_id is None:
+            if self._spool is not None:
+                self._spool.append_outcome(outcome)
+            return
         for attempt in range(self._attempts):
             try:
-                recorded = await self._store.record_outcome(
-                    outcome.decision_id,
-                    outcome=outcome.outcome.value,
-                    answered_seconds=outcome.answered_seconds,
-                    cause=outcome.cause,
-                    sip_code=outcome.sip_code,
-                    at=outcome.at,
-                )
-                if recorded.rested and self._metrics is not None:
-                    log.warning(
-                        "caller ID %s rested: carrier rejections reached the block threshold",
-                        outcome.caller_id,
-                    )
-                    self._metrics.callerid_rested(
-                        RestReason.CARRIER_BLOCK_SUSPECTED.value, outcome.campaign
-                    )
+                await self._record(outcome.decision_id, outcome)
                 return
             except asyncio.CancelledError:
                 raise
@@ -384,7 +389,7 @@ class StoreOutcomeSink:
                 if self._on_error is not None:
                     self._on_error("outcome_sink")
                 if attempt + 1 == self._attempts:
-                    log.error("outcome of decision %s lost: %s", outcome.decision_id, exc)
+                    self._give_up(outcome, exc)
                     return
                 if isinstance(exc, StoreUnavailable):
                     # Every call ending during an outage waits here: one line each, not one a try.
@@ -393,3 +398,49 @@ class StoreOutcomeSink:
                 else:
                     log.exception("outcome of decision %s failed; retrying", outcome.decision_id)
                 await asyncio.sleep(self._pause)
+
+    async def write_back(self, outcomes: list[CallOutcome]) -> list[CallOutcome]:
+        """Record spooled outcomes, in order; returns those whose decision is not in the
+        database yet. A store error propagates: the spool keeps them all for its next try, and
+        an outcome recorded twice counts once (a decision takes one outcome)."""
+        waiting: list[CallOutcome] = []
+        for outcome in outcomes:
+            decision_id = outcome.decision_id
+            if decision_id is None and outcome.channel_id:
+                found = await self._store.latest_for_channel(outcome.channel_id)
+                decision_id = int(found["id"]) if found is not None else None
+            if decision_id is None:
+                waiting.append(outcome)
+                continue
+            await self._record(decision_id, outcome)
+        return waiting
+
+    async def _record(self, decision_id: int, outcome: CallOutcome) -> None:
+        recorded = await self._store.record_outcome(
+            decision_id,
+            outcome=outcome.outcome.value,
+            answered_seconds=outcome.answered_seconds,
+            cause=outcome.cause,
+            sip_code=outcome.sip_code,
+            at=outcome.at,
+        )
+        if recorded.rested and self._metrics is not None:
+            log.warning(
+                "caller ID %s rested: carrier rejections reached the block threshold",
+                outcome.caller_id,
+            )
+            self._metrics.callerid_rested(
+                RestReason.CARRIER_BLOCK_SUSPECTED.value, outcome.campaign
+            )
+
+    def _give_up(self, outcome: CallOutcome, exc: Exception) -> None:
+        if self._spool is None:
+            log.error("outcome of decision %s lost: %s", outcome.decision_id, exc)
+            return
+        log.warning(
+            "outcome of decision %s kept in the spool after %d attempts: %s",
+            outcome.decision_id,
+            self._attempts,
+            exc,
+        )
+        self._spool.append_outcome(outcome)

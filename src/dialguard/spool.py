@@ -1,10 +1,14 @@
 """The fail-open spool: allowed decisions made while the database was away, kept on local disk
 and written back when it returns, so that no allowed call is ever missing from the counts.
 
-One JSON line per decision in ``spool_dir/pending.jsonl``, with the call's channel id, so that
-its outcome can be matched to it. Write-back renames the file to ``replaying.jsonl`` first, so
-new decisions go on into a fresh file; a replay that fails keeps its file and is tried again,
-and spool ids make a repeated replay count each call once.
+One JSON line per decision in ``spool_dir/pending.jsonl``, with the call's channel id. The
+outcomes the database could not take go there too (``"kind": "outcome"``): a fail-open call's,
+keyed by its channel, and any other after its retries ran out. Write-back renames the file to
+``replaying.jsonl`` first, so new lines go on into a fresh file; it writes the decisions back,
+then the outcomes (a fail-open call's once its decision is in the database, found by channel).
+An outcome whose decision is not there yet goes back into the spool for the next round, for up
+to ``outcome_max_age``. A replay that fails keeps its file and is tried again; spool ids make a
+repeated replay count each call once, and a decision takes one outcome.
 
 Disk work never runs on the event loop: :meth:`Spool.append` queues the line and returns, and
 one writer task hands everything queued to a worker thread, which appends and fsyncs it as one
@@ -24,9 +28,12 @@ import os
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from dialguard.outcomes import CallOutcome
+from dialguard.policy.codes import Outcome
 from dialguard.policy.model import Decision
 from dialguard.store.decisions import SpooledDecision
 from dialguard.store.errors import StoreUnavailable
@@ -34,6 +41,8 @@ from dialguard.store.errors import StoreUnavailable
 log = logging.getLogger(__name__)
 
 WriteBack = Callable[[list[SpooledDecision]], Awaitable[None]]
+# Records outcomes; returns those whose decision is not in the database yet.
+OutcomeWriteBack = Callable[[list[CallOutcome]], Awaitable[list[CallOutcome]]]
 OnError = Callable[[str], None]
 
 # A write that fails (disk full, say) is retried after this long, doubling up to the cap.
@@ -56,6 +65,8 @@ class Spool:
         *,
         interval: float = 1.0,
         on_error: OnError | None = None,
+        write_back_outcomes: OutcomeWriteBack | None = None,
+        outcome_max_age: float = 86400.0,
     ) -> None:
         self._dir = directory
         self._pending = directory / "pending.jsonl"
@@ -63,6 +74,8 @@ class Spool:
         self._write_back = write_back
         self._interval = interval
         self._on_error = on_error
+        self._write_back_outcomes = write_back_outcomes
+        self._outcome_max_age = outcome_max_age
         self._queue: deque[str] = deque()
         self._queued = 0  # lines ever queued
         self._synced = 0  # lines ever made durable (they are on disk, in order)
@@ -82,7 +95,14 @@ class Spool:
             "source": source,
             "channel_id": channel_id,
         }
-        self._queue.append(json.dumps(record) + "\n")
+        self._enqueue(json.dumps(record) + "\n")
+
+    def append_outcome(self, outcome: CallOutcome) -> None:
+        """Queue an outcome the database could not take, for the write-back to record."""
+        self._enqueue(_outcome_line(outcome, str(uuid.uuid4()), datetime.now(UTC)))
+
+    def _enqueue(self, line: str) -> None:
+        self._queue.append(line)
         self._queued += 1
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(
@@ -121,17 +141,56 @@ class Spool:
                 await writer
 
     async def flush(self) -> int:
-        """Write back everything spooled; returns how many decisions were written."""
+        """Write back everything spooled; returns how many decisions and outcomes were written."""
         await self.durable()
         async with self._files:
-            rows = await asyncio.to_thread(self._take_replaying)
-        if rows is None:
+            taken = await asyncio.to_thread(self._take_replaying)
+        if taken is None:
             return 0
+        rows, outcomes = taken
         if rows:
             await self._write_back(rows)
+        waiting = [o for o, _, _ in outcomes]
+        if outcomes and self._write_back_outcomes is not None:
+            waiting = await self._write_back_outcomes(waiting)
+        kept = self._requeue(outcomes, waiting)
+        # What goes back into the spool is on disk before the file it came from is gone.
+        await self.durable()
         await asyncio.to_thread(self._replaying.unlink)
-        log.info("wrote back %d fail-open decisions", len(rows))
-        return len(rows)
+        written = len(rows) + len(outcomes) - len(waiting)
+        if written or len(waiting) != kept:
+            log.info(
+                "wrote back %d fail-open decisions and %d outcomes; %d outcomes wait for their"
+                " decision",
+                len(rows),
+                len(outcomes) - len(waiting),
+                kept,
+            )
+        return written
+
+    def _requeue(
+        self, outcomes: list[tuple[CallOutcome, str, datetime]], waiting: list[CallOutcome]
+    ) -> int:
+        """Put the outcomes still waiting back into the spool (as they were); returns how many.
+        One older than ``outcome_max_age`` is given up with an error line."""
+        left = {id(o) for o in waiting}
+        now = datetime.now(UTC)
+        kept = 0
+        for outcome, spool_id, spooled_at in outcomes:
+            if id(outcome) not in left:
+                continue
+            if (now - spooled_at).total_seconds() > self._outcome_max_age:
+                log.error(
+                    "outcome of channel %s given up: no decision for it reached the database"
+                    " since %s",
+                    outcome.channel_id,
+                    spooled_at.isoformat(),
+                )
+                self._count("spool_replay")
+                continue
+            self._enqueue(_outcome_line(outcome, spool_id, spooled_at))
+            kept += 1
+        return kept
 
     # -- the writer ---------------------------------------------------------------------------
 
@@ -187,7 +246,9 @@ class Spool:
 
     # -- the write-back -----------------------------------------------------------------------
 
-    def _take_replaying(self) -> list[SpooledDecision] | None:
+    def _take_replaying(
+        self,
+    ) -> tuple[list[SpooledDecision], list[tuple[CallOutcome, str, datetime]]] | None:
         """The rows to write back (renaming pending first if no replay is under way)."""
         if not self._replaying.exists():
             if not self._pending.exists():
@@ -221,12 +282,19 @@ class Spool:
             self._on_error(task)
 
 
-def _read(path: Path) -> list[SpooledDecision]:
+def _read(
+    path: Path,
+) -> tuple[list[SpooledDecision], list[tuple[CallOutcome, str, datetime]]]:
+    """The decisions and the outcomes (each with its spool id and spool time) in a file."""
     rows: list[SpooledDecision] = []
+    outcomes: list[tuple[CallOutcome, str, datetime]] = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             try:
                 r = json.loads(line)
+                if r.get("kind") == "outcome":
+                    outcomes.append(_outcome(r))
+                    continue
                 rows.append(
                     SpooledDecision(
                         spool_id=r["spool_id"],
@@ -238,10 +306,43 @@ def _read(path: Path) -> list[SpooledDecision]:
                         channel_id=r.get("channel_id"),
                     )
                 )
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 # A torn last line after a crash: keep going, the rest is good.
                 log.error("spool %s line %d is unreadable and is skipped", path, number)
-    return rows
+    return rows, outcomes
+
+
+def _outcome_line(outcome: CallOutcome, spool_id: str, spooled_at: datetime) -> str:
+    record: dict[str, Any] = {
+        "kind": "outcome",
+        "spool_id": spool_id,
+        "spooled_at": spooled_at.isoformat(),
+        "decision_id": outcome.decision_id,
+        "channel_id": outcome.channel_id,
+        "outcome": outcome.outcome.value,
+        "answered_seconds": outcome.answered_seconds,
+        "cause": outcome.cause,
+        "sip_code": outcome.sip_code,
+        "at": outcome.at.isoformat(),
+        "campaign": outcome.campaign,
+        "caller_id": outcome.caller_id,
+    }
+    return json.dumps(record) + "\n"
+
+
+def _outcome(r: dict[str, Any]) -> tuple[CallOutcome, str, datetime]:
+    outcome = CallOutcome(
+        decision_id=None if r["decision_id"] is None else int(r["decision_id"]),
+        outcome=Outcome(r["outcome"]),
+        answered_seconds=r["answered_seconds"],
+        cause=r["cause"],
+        sip_code=r["sip_code"],
+        at=datetime.fromisoformat(r["at"]),
+        campaign=r["campaign"],
+        caller_id=r["caller_id"],
+        channel_id=r["channel_id"],
+    )
+    return outcome, str(r["spool_id"]), datetime.fromisoformat(r["spooled_at"])
 
 
 def _count_lines(path: Path) -> int:
