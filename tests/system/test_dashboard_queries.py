@@ -25,7 +25,7 @@ import pytest_asyncio
 import yaml
 from prometheus_client import CollectorRegistry
 
-from dialguard.metrics import REDACTED_LABEL, Metrics
+from dialguard.metrics import BACKGROUND_TASKS, REDACTED_LABEL, Metrics
 from dialguard.metrics_http import serve_metrics
 from dialguard.policy.codes import (
     CARRIER_REJECTION_LABELS,
@@ -122,6 +122,8 @@ async def generate_traffic(metrics: Metrics, *, tick: float = 0.1) -> None:
             metrics.store_error()
             metrics.fail_open_decision()
             metrics.dialplan_misconfigured()
+            for task in BACKGROUND_TASKS:
+                metrics.background_error(task)
             if step % 10 == 0:
                 metrics.ari_reconnect()
             await asyncio.sleep(tick)
