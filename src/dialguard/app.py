@@ -399,8 +399,11 @@ class Service:
         await self.tasks.cancel_all()
         await self.supervisor.stop()
         await self.spool.stop()
+        # A last write-back if the database is there; bounded, so a stuck one cannot hold up
+        # the stop (what is left stays on disk for the next start).
         with contextlib.suppress(Exception):
-            await self.spool.flush()
+            async with asyncio.timeout(self._drain_timeout):
+                await self.spool.flush()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self.gc_pauses.remove()

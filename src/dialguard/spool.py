@@ -104,7 +104,10 @@ class Spool:
     def _enqueue(self, line: str) -> None:
         self._queue.append(line)
         self._queued += 1
-        if self._writer is None or self._writer.done():
+        self._ensure_writer()
+
+    def _ensure_writer(self) -> None:
+        if self._queue and (self._writer is None or self._writer.done()):
             self._writer = asyncio.get_running_loop().create_task(
                 self._write_queued(), name="spool-writer"
             )
@@ -114,6 +117,7 @@ class Spool:
         target = self._queued
         if self._synced >= target:
             return True
+        self._ensure_writer()  # after stop() cancelled it with lines still queued
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((target, waiter))
         try:
