@@ -6,13 +6,14 @@ Every front door (the ARI gate, the ARI proxy, the admin API, the CLI) decides t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from dialguard.bulk_numbers import BulkNumbers
 from dialguard.deadlines import Deadlines
@@ -28,6 +29,7 @@ from dialguard.store.decisions import DecideParams, DecideResult, DecideRules, D
 from dialguard.store.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The share of the decision deadline a recorded decision may spend waiting for its locks: the
 # rest is left for the read, the commit and the answer's way back, so that the database never
@@ -98,6 +100,8 @@ class Decider:
         self._spool = spool
         self._clock = clock
         self._database_clock = ClockOffset()
+        # Round trips given up at the deadline, finishing their clean-up in the background.
+        self._leaving: set[asyncio.Future[Any]] = set()
         self._tolerance = timedelta(seconds=time_tolerance)
         # Per campaign: its version, its profile, and the profile's rules as decisions send them.
         self._cache: dict[str, tuple[int, Profile, DecideRules]] = {}
@@ -133,11 +137,10 @@ class Decider:
         else:
             caller = cached_normalise(raw_caller, numbers.default_region)
         try:
-            with self._deadline():
-                result = await self._round_trip(
-                    request, campaign, at, destination, zones, caller, live=live
-                )
-        except (TimeoutError, StoreUnavailable) as exc:
+            result = await self._bounded(
+                self._round_trip(request, campaign, at, destination, zones, caller, live=live)
+            )
+        except Exception as exc:  # every failure class gets the fail mode's verdict
             decision = self._undecidable(request, campaign, at, destination, caller, exc)
         else:
             if result.at is not None and live:
@@ -163,11 +166,35 @@ class Decider:
             )
         return decision
 
+    async def _bounded(self, work: Coroutine[Any, Any, T]) -> T:
+        """``work``'s result within the deadline, else :class:`TimeoutError`, at the deadline.
+
+        The work runs in a task of its own, so that giving up does not wait for its clean-up:
+        a connection whose statement is cancelled goes back to the pool only once the server
+        acknowledges the cancel, and a server that has stopped answering never does. The task
+        is cancelled and left to finish in the background.
+        """
+        task = asyncio.ensure_future(work)
+        try:
+            with self._deadline():
+                return await asyncio.shield(task)
+        except BaseException:
+            if not task.done():
+                task.cancel()
+                self._leaving.add(task)
+                task.add_done_callback(self._left)
+            raise
+
+    def _left(self, task: asyncio.Future[Any]) -> None:
+        self._leaving.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("an abandoned decision ended with %r", task.exception())
+
     async def _refuse_other_times(self, at: datetime) -> None:
         if not self._database_clock.known:
             # Else judged on this machine's clock; the decision itself then fails over.
-            with contextlib.suppress(StoreUnavailable):
-                await self.sync_clock()
+            with contextlib.suppress(Exception):
+                await self._bounded(self.sync_clock())
         now = self.now()
         if abs(at - now) > self._tolerance:
             raise TimeRefused(
@@ -319,7 +346,12 @@ class Decider:
         exc: BaseException,
     ) -> Decision:
         error = str(exc) or type(exc).__name__
-        log.warning("decision for %s could not reach the database: %s", request.channel_id, error)
+        if isinstance(exc, (TimeoutError, StoreUnavailable)):
+            log.warning("decision for %s could not be made: %s", request.channel_id, error)
+        else:
+            # No failure class foreseen: the fail mode answers all the same, and the trace says
+            # what happened.
+            log.exception("decision for %s failed unexpectedly", request.channel_id)
         if self._metrics is not None:
             self._metrics.store_error()
         facts: Facts = {"deadline_ms": round(self._deadline.seconds * 1000), "error": error}

@@ -115,11 +115,12 @@ async def test_blacklisted_number_global_and_per_campaign(
 
 async def test_blacklisted_prefix_and_expiry(decider: Decider, pool: asyncpg.Pool) -> None:
     bl = BlacklistStore(pool)
-    await bl.add_prefix("+1718264", expires_at=NOON_NY + timedelta(hours=1))
-    d = await decide(decider, dest="+17182641234")
+    noon = NOON_NY.replace(year=2036)  # an expiry is set in the future
+    await bl.add_prefix("+1718264", expires_at=noon + timedelta(hours=1))
+    d = await decide(decider, dest="+17182641234", at=noon)
     assert d.rule is Rule.BLACKLISTED and "+1718264" in d.evidence
-    assert d.callable_at == NOON_NY + timedelta(hours=1)
-    later = await decide(decider, dest="+17182641234", at=NOON_NY + timedelta(hours=1))
+    assert d.callable_at == noon + timedelta(hours=1)
+    later = await decide(decider, dest="+17182641234", at=noon + timedelta(hours=1))
     assert later.allowed, "expiry compares with the decision's time"
 
 

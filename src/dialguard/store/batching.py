@@ -20,6 +20,8 @@ from typing import Generic, TypeVar
 
 import asyncpg
 
+from dialguard.store.errors import StoreConflict
+
 log = logging.getLogger(__name__)
 
 P = TypeVar("P")
@@ -114,7 +116,9 @@ class Batcher(Generic[P, R]):
             else:
                 try:
                     answers = await self._many([w.item for w in batch])
-                except asyncpg.PostgresError as exc:
+                except (asyncpg.PostgresError, StoreConflict) as exc:
+                    # A deadlock, or one item the database rejects: each alone, so an error
+                    # reaches only the item that caused it.
                     log.warning("a batch of %d failed (%s); sending each alone", len(batch), exc)
                     for waiting in batch:
                         await self._answer_alone(waiting)

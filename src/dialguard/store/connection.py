@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from dialguard.store.errors import StoreUnavailable
+from dialguard.store.errors import StoreConflict, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,41 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.ConnectionFailureError,
 )
+
+
+def failure_kind(exc: BaseException) -> str | None:
+    """The class of failure a PostgreSQL error reports, when it means the database cannot
+    decide now rather than a fault in what was asked (``None``):
+
+    - ``conflict``: a serialization failure or a deadlock (40001, 40P01); worth one retry;
+    - ``read_only``: a read-only transaction (25006), as on a hot standby after a failover;
+    - ``canceled``: a statement timeout or a cancel (57014);
+    - ``resources``: disk full, out of memory, too many connections (class 53);
+    - ``shutdown``: an administrator's or a crash's shutdown, or a server starting (57P01-03);
+    - ``connection``: the connection failed or was lost (class 08), or the socket did.
+    """
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        return "connection"
+    state = str(getattr(exc, "sqlstate", "") or "")
+    if state in ("40001", "40P01"):
+        return "conflict"
+    if state == "25006":
+        return "read_only"
+    if state == "57014":
+        return "canceled"
+    for prefix, kind in (("53", "resources"), ("57P", "shutdown"), ("08", "connection")):
+        if state.startswith(prefix):
+            return kind
+    return None
+
+
+def unavailable(exc: BaseException) -> StoreUnavailable | None:
+    """``exc`` as the store's error when it means the database cannot decide now."""
+    kind = failure_kind(exc)
+    if kind is None:
+        return None
+    message = f"{kind}: {str(exc) or type(exc).__name__}"
+    return (StoreConflict if kind == "conflict" else StoreUnavailable)(message, kind)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -58,8 +93,11 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 20) -> asy
             # database), looked expensive enough to compile, at tens of milliseconds a call.
             server_settings={"application_name": "dialguard", "jit": "off"},
         )
-    except UNAVAILABLE_ERRORS as exc:
-        raise StoreUnavailable(f"cannot connect to the database: {exc}") from exc
+    except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+        translated = unavailable(exc)
+        if translated is None:
+            raise
+        raise StoreUnavailable(f"cannot connect to the database: {exc}", translated.kind) from exc
     assert pool is not None
     return pool
 
@@ -80,8 +118,13 @@ async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
             except asyncpg.exceptions.InternalClientError:
                 conn.terminate()
                 raise
-    except (*UNAVAILABLE_ERRORS, asyncpg.exceptions.InternalClientError) as exc:
+    except asyncpg.exceptions.InternalClientError as exc:
         raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+    except (*UNAVAILABLE_ERRORS, asyncpg.PostgresError) as exc:
+        translated = unavailable(exc)
+        if translated is None:
+            raise  # a fault in what was asked: the caller's to handle
+        raise translated from exc
 
 
 def row_to_dict(row: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import asyncpg
 from dialguard.policy.model import LogQuery
 from dialguard.store.batching import Batcher
 from dialguard.store.connection import connection
+from dialguard.store.errors import StoreConflict
 from dialguard.store.queries import q
 
 # Batches of recorded decisions in flight at once (the ``database.decision_batches`` default).
@@ -262,6 +263,13 @@ class DecisionStore:
         return await self._decide_one(params)
 
     async def _decide_one(self, params: DecideParams) -> DecideResult:
+        try:
+            return await self._decide_alone(params)
+        except StoreConflict:
+            # A serialization failure or a deadlock: once more, within the same deadline.
+            return await self._decide_alone(params)
+
+    async def _decide_alone(self, params: DecideParams) -> DecideResult:
         async with connection(self._pool) as conn:
             row = await conn.fetchrow(_DECIDE, *batch_rows([params]), params.record)
         return _result(row)

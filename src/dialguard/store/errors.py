@@ -8,7 +8,17 @@ class StoreError(Exception):
 
 
 class StoreUnavailable(StoreError):
-    """The database did not answer: refused, dropped, timed out or shutting down."""
+    """The database cannot answer now: refused, dropped, timed out, shutting down, read-only,
+    out of disk, memory or connections, or the statement was cancelled. ``kind`` names the
+    class (see :func:`dialguard.store.connection.failure_kind`)."""
+
+    def __init__(self, message: str, kind: str = "connection") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class StoreConflict(StoreUnavailable):
+    """A serialization failure or a deadlock: the same work, run again, may well succeed."""
 
 
 class NotFound(StoreError):
