@@ -266,6 +266,7 @@ class Service:
                 campaign_from=gate.campaign_from,
                 destination_from=gate.destination_from,
                 enforce_gate=gate.enforce_gate,
+                follow_allowed_channels=not settings.ari.subscribe_all,
             ),
             self.decider,
             self.ari,

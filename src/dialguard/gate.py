@@ -87,6 +87,11 @@ class GateConfig:
     destination_from: str
     enforce_gate: bool = False
     ungated_grace: float = 2.0
+    # Subscribe the application to each allowed channel before continuing it. Without
+    # subscribeAll, Asterisk sends a Dial() only to applications subscribed to the dialling
+    # channel (not to those subscribed to the trunk endpoint), and the Dial event is what links
+    # the trunk leg, and so its outcome, to the decision.
+    follow_allowed_channels: bool = False
     # Parked channels decided at once during a reconciliation: enough to clear a backlog in
     # well under the dialplan's 5 s, few enough that the oldest go first and new calls still
     # find the database free.
@@ -372,6 +377,7 @@ class Gate:
                 channel.id, "DIALGUARD_DECISION_ID", str(decision.decision_id or "")
             ),
             self._spooled(channel, decision),
+            self._follow(channel),
         )
         # Fail-open decisions have no id yet, but the call is allowed all the same: tracked, so
         # the bypass detector leaves its trunk leg alone.
@@ -391,6 +397,15 @@ class Gate:
                 channel.id,
                 self._config.spool_wait,
             )
+
+    async def _follow(self, channel: Channel) -> None:
+        if not self._config.follow_allowed_channels:
+            return
+        try:
+            await self._ari.subscribe(f"channel:{channel.id}")
+        except AriError as exc:
+            # The call goes on: only its outcome may then go unrecorded.
+            log.warning("channel %s: could not follow the allowed call: %s", channel.id, exc)
 
     async def _deny(self, channel: Channel, decision: Decision) -> None:
         rule = decision.rule.value if decision.rule else ""

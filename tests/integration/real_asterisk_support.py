@@ -64,7 +64,7 @@ async def asterisk() -> AsyncIterator[RealAsterisk]:
 def carrier(asterisk: RealAsterisk) -> RealAsterisk:
     """The Asterisk, with the sipp carrier behind PJSIP/carrier (skips without SIP)."""
     if not asterisk.sip:
-        pytest.skip("the carrier needs the SIP stack, which runs only as root (network namespace)")
+        pytest.skip(f"no sipp carrier: {asterisk.without_sip_because}")
     return asterisk
 
 

@@ -50,11 +50,14 @@ async def destroyed(asterisk: RealAsterisk, channel_id: str) -> int:
     return int(event["cause"])
 
 
+# Outcomes come from the trunk's events, which the trunk subscription brings without
+# subscribe_all as well.
+@pytest.mark.parametrize("subscribe_all", ["true", "false"])
 async def test_allowed_call_carries_the_decision_into_the_dialplan_and_its_outcome_is_recorded(
-    pool: asyncpg.Pool, carrier: RealAsterisk, tmp_path: Path, registered: None
+    pool: asyncpg.Pool, carrier: RealAsterisk, tmp_path: Path, registered: None, subscribe_all: str
 ) -> None:
     destination = carrier_number("2122641", 200, hold=1.0)
-    async with gate_on(pool, carrier, tmp_path):
+    async with gate_on(pool, carrier, tmp_path, DIALGUARD_ARI_SUBSCRIBE_ALL=subscribe_all):
         call = await carrier.originate_outbound(destination, CALLER, campaign="spring")
         row = await outcome_of(pool, call.stasis_id)
     variables = carrier.events.variables(call.stasis_id)

@@ -156,10 +156,17 @@ async def test_proxy_passes_other_requests_and_the_events_websocket_through(
     assert (row["source"], row["outcome"]) == ("proxy", "answered")
 
 
+@pytest.mark.parametrize("subscribe_all", ["true", "false"])
 async def test_direct_trunk_originate_is_counted_as_ungated(
-    pool: asyncpg.Pool, carrier: RealAsterisk, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    pool: asyncpg.Pool,
+    carrier: RealAsterisk,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    subscribe_all: str,
 ) -> None:
-    async with gate_on(pool, carrier, tmp_path) as service:
+    async with gate_on(
+        pool, carrier, tmp_path, DIALGUARD_ARI_SUBSCRIBE_ALL=subscribe_all
+    ) as service:
         trunk = await carrier.originate_direct_to_trunk(
             carrier_number("2122641", 200, hold=GRACE + 2.0), CALLER
         )

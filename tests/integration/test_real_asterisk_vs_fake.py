@@ -99,7 +99,7 @@ async def pbx(request: pytest.FixtureRequest) -> AsyncIterator[Pbx]:
         return
     async with RealAsterisk.from_env() as asterisk:
         if not asterisk.sip:
-            pytest.skip("the carrier needs the SIP stack, which runs only as root")
+            pytest.skip(f"no sipp carrier: {asterisk.without_sip_because}")
         yield RealPbx(asterisk)
 
 

@@ -478,7 +478,10 @@ class RealAsterisk:
         keep_run_dir: bool = False,
     ) -> None:
         self.home = home
+        self._sip_chosen = sip is not None
         self.sip = can_use_sip() if sip is None else sip
+        # Why there is no SIP stack, when there is none (for skip messages).
+        self.without_sip_because = "" if self.sip else "the SIP stack needs root, `ip` and sipp"
         if self.sip and not can_use_sip():
             raise RuntimeError("SIP needs root, `ip` and sipp")
         self._config_dir = config_dir
@@ -553,13 +556,22 @@ class RealAsterisk:
     async def start(self) -> None:
         try:
             if self.sip:
-                self._namespace = NetworkNamespace()
-                await self._namespace.create()
-                self.host, self.port = self._namespace.address, HTTP_PORT
-            else:
+                namespace = NetworkNamespace()
+                try:
+                    await namespace.create()
+                except RuntimeError as exc:
+                    if self._sip_chosen:
+                        raise
+                    # A container without the rights for network namespaces: go on without SIP.
+                    log.warning("no network namespace (%s): running without the SIP stack", exc)
+                    self.sip, self.without_sip_because = False, f"no network namespace: {exc}"
+                else:
+                    self._namespace = namespace
+                    self.host, self.port = namespace.address, HTTP_PORT
+            if not self.sip:
                 self.host, self.port = "127.0.0.1", _free_port()
             self._compose()
-            prefix = self._namespace.exec_prefix() if self._namespace else []
+            prefix = self._namespace.exec_prefix() if self._namespace is not None else []
             if self.sip:
                 errors = self.run_dir / "log" / "sipp-errors.log"
                 sipp = f"sipp -sf {self.run_dir / 'carrier.xml'} -i 127.0.0.1 -p {CARRIER_PORT}"
