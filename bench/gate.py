@@ -285,6 +285,13 @@ async def main() -> None:
         " channels, with subscribe_all true and false",
     )
     parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=3.0,
+        help="real only: seconds of idle before each step, to tell each party's CPU per call"
+        " from what it spends with no calls",
+    )
+    parser.add_argument(
         "--asterisk-verbose",
         type=int,
         default=0,

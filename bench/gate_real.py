@@ -172,6 +172,24 @@ def cpu_per_call(before: dict[str, float], after: dict[str, float], calls: int) 
     }
 
 
+def marginal(
+    before: dict[str, float],
+    after: dict[str, float],
+    idle_before: dict[str, float],
+    idle_after: dict[str, float],
+    scale: float,
+    calls: int,
+) -> dict[str, float]:
+    """CPU per call beyond what each party spends idle over the same time."""
+    result = {}
+    for name in after:
+        if name.startswith("machine_") or name not in idle_after or name not in before:
+            continue
+        idle = (idle_after[name] - idle_before.get(name, idle_after[name])) * scale
+        result[name] = round((after[name] - before[name] - idle) * 1000 / max(calls, 1), 3)
+    return result
+
+
 # -- the parties this process plays ---------------------------------------------------------
 
 
@@ -298,10 +316,15 @@ class Run:
         # Warm-up, not reported: the first calls load number metadata, prepare statements.
         warm, _ = await self.offer(min(rate, 50), 1.0)
         await self.settle(warm)
-        before = self.parties.sample()
+        # What each party spends with no calls (timers, housekeeping, qualify pings), so that
+        # the marginal CPU of a call can be told from the idle cost.
+        idle_before, idle_started = self.parties.sample(), time.perf_counter()
+        await asyncio.sleep(self.args.idle_seconds)
+        idle_after, idle_for = self.parties.sample(), time.perf_counter() - idle_started
+        before, started = self.parties.sample(), time.perf_counter()
         channels, late = await self.offer(rate, seconds)
         await self.settle(channels)
-        after = self.parties.sample()
+        after, took = self.parties.sample(), time.perf_counter() - started
         observed, stamped = self.timer.latencies(channels)
         result = {
             "app": app,
@@ -316,6 +339,9 @@ class Run:
             "asterisk_clock_p99_ms": percentile(stamped, 0.99),
             "generator_late": late,
             **cpu_per_call(before, after, len(channels)),
+            "marginal_cpu_ms_per_call": marginal(
+                before, after, idle_before, idle_after, took / idle_for, len(channels)
+            ),
         }
         print(json.dumps(result), flush=True)
         self.results.append(result)
@@ -484,7 +510,10 @@ async def compare(run: Run, session: aiohttp.ClientSession) -> None:
 
 async def events_only(run: Run) -> None:
     """dialguard's CPU with nothing to gate, under the background channels alone."""
-    for subscribe_all in ("true", "false", "true", "false"):
+    # `true` first: Asterisk 22.10.1 keeps an application that was registered without
+    # subscribeAll alive through its endpoint subscription after its socket closes, and then
+    # ignores subscribeAll=true on the next connection, until Asterisk restarts.
+    for subscribe_all in ("true", "true", "false", "false"):
         async with run.dialguard(subscribe_all):
             await asyncio.sleep(2)
             before = run.parties.sample()
@@ -492,9 +521,11 @@ async def events_only(run: Run) -> None:
             await asyncio.sleep(run.args.seconds)
             after = run.parties.sample()
             elapsed = time.perf_counter() - started
+            _, listed = await run.asterisk.rest("GET", "/channels")
             result = {
                 "subscribe_all": subscribe_all,
                 "background_channels": run.args.background,
+                "channels_up": len(listed or []),
                 "seconds": round(elapsed, 1),
                 "dialguard_cpu_pct": round(
                     100 * (after["dialguard"] - before["dialguard"]) / elapsed, 2
@@ -507,25 +538,28 @@ async def events_only(run: Run) -> None:
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
+    """The steps side by side, as bench/README.md shows them."""
     by_rate: dict[float, dict[str, dict[str, Any]]] = {}
     for r in results:
         by_rate.setdefault(r["offered_per_s"], {})[r["app"]] = r
     print()
     print(
         "| calls/s | no-op p50 / p99 ms | dialguard p50 / p99 ms | added p50 / p99 ms |"
-        " CPU ms/call dialguard · PostgreSQL · Asterisk (no-op run: Asterisk) |"
+        " CPU ms per call (beyond idle): dialguard · PostgreSQL · Asterisk (no-op step) |"
+        " machine busy % (no-op / dialguard) |"
     )
-    print("|---:|---:|---:|---:|---|")
+    print("|---:|---:|---:|---:|---|---|")
     for rate, apps in sorted(by_rate.items()):
         noop, dg = apps.get("no-op"), apps.get("dialguard")
         if noop is None or dg is None:
             continue
         added = [_minus(dg[k], noop[k]) for k in ("p50_ms", "p99_ms")]
-        cpu = dg["cpu_ms_per_call"]
+        cpu, base = dg["marginal_cpu_ms_per_call"], noop["marginal_cpu_ms_per_call"]
         print(
             f"| {rate:g} | {noop['p50_ms']} / {noop['p99_ms']} | {dg['p50_ms']} / {dg['p99_ms']}"
             f" | {added[0]} / {added[1]} | {cpu.get('dialguard')} · {cpu.get('postgres')} ·"
-            f" {cpu.get('asterisk')} ({noop['cpu_ms_per_call'].get('asterisk')}) |"
+            f" {cpu.get('asterisk')} ({base.get('asterisk')}) |"
+            f" {noop['machine_busy_pct']} / {dg['machine_busy_pct']} |"
         )
 
 
