@@ -160,6 +160,8 @@ async def test_new_calls_are_decided_while_the_reconciliation_runs(
         assert all(verdict_seq(fake, _stasis_id(c)) is None for c in parked)
         await fake.wait_for(lambda: service.gate.ready, timeout=10.0)
         assert all(verdict_seq(fake, _stasis_id(c)) for c in parked)
+    continued = [r for r in fake.requests if r.path == f"/channels/{_stasis_id(fresh)}/continue"]
+    assert len(continued) == 1, "the new call was decided once, not again by the reconciliation"
 
 
 async def test_parked_channels_are_decided_oldest_first(
