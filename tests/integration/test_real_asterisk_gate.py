@@ -218,3 +218,18 @@ async def test_call_parked_across_a_websocket_cut_is_decided_after_the_reconnect
         await relay.close()
     row = await decision_of(pool, call.stasis_id)
     assert row is not None and row["allowed"]
+
+
+@pytest.mark.parametrize("subscribe_all", ["true", "false"])
+async def test_an_allow_label_missing_from_the_dialplan_is_reported_and_the_call_fails_closed(
+    pool: asyncpg.Pool, asterisk: RealAsterisk, tmp_path: Path, registered: None, subscribe_all: str
+) -> None:
+    env = {"DIALGUARD_GATE_ALLOW_LABEL": "alowed", "DIALGUARD_ARI_SUBSCRIBE_ALL": subscribe_all}
+    async with gate_on(pool, asterisk, tmp_path, **env) as service:
+        call = await asterisk.originate_outbound(carrier_number("2122641", 200), CALLER)
+        cause = await destroyed(asterisk, call.stasis_id)
+        await poll(
+            lambda: service.registry.get_sample_value("dialguard_dialplan_misconfigured_total")
+        )
+    assert cause == 21
+    assert not reached_carrier(asterisk, call.stasis_id)
