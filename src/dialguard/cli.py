@@ -436,6 +436,9 @@ async def cmd_decide(settings: Settings, args: argparse.Namespace) -> int:
     async with open_stores(settings) as stores:
         await _known_campaign(stores, args.campaign)
         decider = build_decider(settings, stores, deadline=CLI_DEADLINE)
+        if at is None:
+            # A live decision's calling hours are judged on the database's clock.
+            await decider.sync_clock()
         decision = await decider.decide(
             DecisionRequest(
                 caller_id=args.caller_id,
