@@ -260,7 +260,7 @@ def sql_literal(value: Any, sql_type: str) -> str:
 # dg_decide_rules' (DecideRules.row()).
 ATTEMPT_TYPES = [
     "timestamptz", "boolean", "integer", "text", "text", "text", "integer", "text", "text",
-    "text", "text", "text", "integer",
+    "text", "text", "text", "uuid", "integer",
 ]  # fmt: skip
 RULES_TYPES = [
     "boolean", "integer", "integer", "integer", "integer[]", "integer[]", "integer", "integer",

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -51,7 +52,13 @@ class DecisionMetrics(Protocol):
 class FailOpenSpool(Protocol):
     """Keeps decisions allowed while the database was away, to write them back later."""
 
-    def append(self, decision: Decision, source: str, channel_id: str | None) -> None: ...
+    def append(
+        self,
+        decision: Decision,
+        source: str,
+        channel_id: str | None,
+        spool_id: str | None = None,
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,12 +143,19 @@ class Decider:
             caller = self._classify(raw_caller)[0]
         else:
             caller = cached_normalise(raw_caller, numbers.default_region)
+        # Fail-open: the id the call is spooled under if the answer comes too late; the database
+        # records the decision under it too, so the two count once.
+        attempt_id = str(uuid.uuid4()) if self._fail_mode == "open" and request.record else None
         try:
             result = await self._bounded(
-                self._round_trip(request, campaign, at, destination, zones, caller, live=live)
+                self._round_trip(
+                    request, campaign, at, destination, zones, caller, live, attempt_id
+                )
             )
         except Exception as exc:  # every failure class gets the fail mode's verdict
-            decision = self._undecidable(request, campaign, at, destination, caller, exc)
+            decision = self._undecidable(
+                request, campaign, at, destination, caller, exc, attempt_id
+            )
         else:
             if result.at is not None and live:
                 self._database_clock.observe(sent, result.at, self._clock())
@@ -259,8 +273,8 @@ class Decider:
         destination: str | None,
         zones: tuple[str, ...],
         caller: str | None,
-        *,
         live: bool,
+        attempt_id: str | None,
     ) -> DecideResult:
         give_up = time.monotonic() + self._deadline.seconds * _RECORD_SHARE
         for _ in range(3):
@@ -269,7 +283,7 @@ class Decider:
                 request, campaign, at, destination, zones, caller, version, profile, rules
             )
             if request.record:
-                params = replace(params, live=live, give_up=give_up)
+                params = replace(params, live=live, give_up=give_up, attempt_id=attempt_id)
             result = await self._decisions.decide(params)
             if result.abandoned:
                 # The database held it past what its caller waits: nothing was recorded, and
@@ -344,6 +358,7 @@ class Decider:
         destination: str | None,
         caller: str | None,
         exc: BaseException,
+        attempt_id: str | None = None,
     ) -> Decision:
         error = str(exc) or type(exc).__name__
         if isinstance(exc, (TimeoutError, StoreUnavailable)):
@@ -368,7 +383,7 @@ class Decider:
                 Verdict.ALLOW, None, "allowed in fail-open mode: " + error, **common
             )
             if self._spool is not None:
-                self._spool.append(decision, request.source, request.channel_id)
+                self._spool.append(decision, request.source, request.channel_id, attempt_id)
             if self._metrics is not None:
                 self._metrics.fail_open_decision()
             return decision

@@ -84,10 +84,19 @@ class Spool:
         self._files = asyncio.Lock()
         directory.mkdir(parents=True, exist_ok=True)
 
-    def append(self, decision: Decision, source: str, channel_id: str | None) -> None:
-        """Queue one decision for the disk; :meth:`durable` tells when it got there."""
+    def append(
+        self,
+        decision: Decision,
+        source: str,
+        channel_id: str | None,
+        spool_id: str | None = None,
+    ) -> None:
+        """Queue one decision for the disk; :meth:`durable` tells when it got there.
+
+        ``spool_id``: the id the decision was sent to the database under, if it was (its answer
+        came too late); the write-back then counts the two as one call."""
         record = {
-            "spool_id": str(uuid.uuid4()),
+            "spool_id": spool_id or str(uuid.uuid4()),
             "at": decision.at.isoformat(),
             "caller_id": decision.caller_id,
             "destination": decision.destination,

@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -26,9 +27,11 @@ from dialguard.decider import Decider
 from dialguard.metrics import Metrics
 from dialguard.policy.codes import Rule, Verdict
 from dialguard.policy.model import Decision, DecisionRequest
+from dialguard.spool import Spool
+from dialguard.store.blacklist import BlacklistStore
 from dialguard.store.callerids import CallerIdStore
 from dialguard.store.connection import create_pool
-from dialguard.store.decisions import DecisionStore
+from dialguard.store.decisions import DecisionStore, insert_spooled
 from tests.support import daytime_block, make_decider
 
 CALLER = "+12125550100"
@@ -41,7 +44,13 @@ class ListSpool:
     def __init__(self) -> None:
         self.spooled: list[Decision] = []
 
-    def append(self, decision: Decision, source: str, channel_id: str | None) -> None:
+    def append(
+        self,
+        decision: Decision,
+        source: str,
+        channel_id: str | None,
+        spool_id: str | None = None,
+    ) -> None:
         self.spooled.append(decision)
 
 
@@ -293,3 +302,60 @@ async def test_a_deadlock_is_retried_once_within_the_deadline(
         "SELECT count(*) FROM decisions WHERE destination = $1", probe.destination
     )
     assert recorded == 1
+
+
+@pytest.mark.parametrize("blacklisted", [False, True])
+async def test_a_decision_recorded_too_late_and_spooled_counts_once(
+    admin: asyncpg.Pool, db_dsn: str, tmp_path: Path, blacklisted: bool
+) -> None:
+    """A decision goes in a batch (the only slot is busy), and the database records it, but
+    the commit comes after its caller's deadline: the call goes out in fail-open mode and is
+    spooled. Written back, it is one call, and an allowed one (it was placed), whatever the
+    database had decided."""
+    block = daytime_block()
+    first, late = block + "1111", block + "5555"
+    if blacklisted:
+        await BlacklistStore(admin).add_number(late)
+    await admin.execute(
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" IF NEW.destination = '{late}' THEN PERFORM pg_sleep(0.8); END IF;"
+        " RETURN NULL; END $$"
+    )
+    await admin.execute(
+        "CREATE TRIGGER slow_commit AFTER INSERT ON decisions"
+        " FOR EACH ROW EXECUTE FUNCTION slow_commit()"
+    )
+    spool = Spool(tmp_path, lambda rows: insert_spooled(admin, rows))
+    async with own_pool(db_dsn) as pool:
+        decider = make_decider(
+            pool, decisions=DecisionStore(pool, batches=1), fail_mode="open", spool=spool,
+            deadline=DEADLINE,
+        )  # fmt: skip
+        async with holding(admin, "dest:" + first):
+            busy = asyncio.create_task(
+                decider.decide(DecisionRequest(caller_id=CALLER, destination=first))
+            )
+            await waiting_backend(admin)
+            queued = asyncio.create_task(
+                decider.decide(
+                    DecisionRequest(caller_id=CALLER, destination=late, channel_id="ch-late")
+                )
+            )
+            await asyncio.sleep(0.05)
+        assert (await busy).allowed
+        decision = await queued
+        assert decision.allowed and decision.decision_id is None, "allowed in fail-open mode"
+        # The batch goes on to its commit, after the caller's deadline.
+        deadline = time.monotonic() + 5
+        while not await admin.fetchval(
+            "SELECT count(*) FROM decisions WHERE destination = $1", late
+        ):
+            assert time.monotonic() < deadline, "the batch never committed"
+            await asyncio.sleep(0.05)
+    await admin.execute("DROP TRIGGER slow_commit ON decisions")
+    assert await spool.flush() == 1
+    rows = await admin.fetch(
+        "SELECT allowed, channel_id FROM decisions WHERE destination = $1", late
+    )
+    assert [(r["allowed"], r["channel_id"]) for r in rows] == [(True, "ch-late")]
+    await spool.stop()

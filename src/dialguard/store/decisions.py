@@ -118,11 +118,14 @@ class DecideParams:
     rules: DecideRules
     live: bool = False
     give_up: float | None = None
+    # In fail-open mode: the id its spooled copy would carry (see dg_attempt.attempt_id).
+    attempt_id: str | None = None
 
     def attempt(self, rules: int, now: float) -> tuple[Any, ...]:
         """The decision as a ``dg_attempt``: its time, whether it is live, the milliseconds
         left at ``now`` (monotonic) before its caller gives up, its own values, the facts as
-        JSON text, then ``rules``, its rules' position (from 1) in the batch's."""
+        JSON text, its attempt id, then ``rules``, its rules' position (from 1) in the
+        batch's."""
         budget = None if self.give_up is None else max(0, int((self.give_up - now) * 1000))
         return (
             self.at,
@@ -137,6 +140,7 @@ class DecideParams:
             self.pre_rule,
             None if self.pre_facts is None else json.dumps(self.pre_facts),
             None if self.hours_facts is None else json.dumps(self.hours_facts),
+            self.attempt_id,
             rules,
         )
 

@@ -140,6 +140,7 @@ SELECT prefix AS value, campaign, source, reason, expires_at, 'prefix' AS kind
   FROM blacklist_prefixes ORDER BY prefix, campaign
 
 -- name: insert_spooled
+-- Calls allowed in fail-open mode, written back; a row already written is skipped.
 WITH spooled AS (
     INSERT INTO decisions (at, caller_id, destination, campaign, allowed, rule, facts, source,
                            channel_id, spool_id)
@@ -147,7 +148,11 @@ WITH spooled AS (
            '{"fail_open": true}'::jsonb, s.source, s.channel_id, s.spool_id
       FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
                   $7::text[]) AS s(spool_id, at, caller_id, destination, campaign, source, channel_id)
-    ON CONFLICT (spool_id) WHERE spool_id IS NOT NULL DO NOTHING
+    -- A decision that reached the database under the same id (its answer came too late) is
+    -- the same call: it counts once, and as placed, since the call went out.
+    ON CONFLICT (spool_id) WHERE spool_id IS NOT NULL DO UPDATE
+       SET allowed = true, rule = NULL, facts = decisions.facts || '{"fail_open": true}'
+     WHERE NOT decisions.allowed
     RETURNING campaign, caller_id, at
 )
 INSERT INTO campaign_callerids AS cc (campaign, caller_id, last_used_at)

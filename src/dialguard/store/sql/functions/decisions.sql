@@ -57,15 +57,15 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The batch's records and, for the allowed ones, the campaigns' use of their caller IDs.
-CREATE OR REPLACE FUNCTION dg_record_decisions(p_rows dg_new_decision[]) RETURNS void
+CREATE OR REPLACE FUNCTION dg_write_decisions(p_rows dg_decision_row[]) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     WITH ins AS (
         INSERT INTO decisions (id, at, caller_id, destination, campaign, allowed, rule, facts,
-                               source, channel_id)
+                               source, channel_id, spool_id)
         OVERRIDING SYSTEM VALUE
         SELECT r.id, r.at, r.caller_id, r.destination, r.campaign, r.allowed, r.rule, r.facts,
-               r.source, r.channel_id
+               r.source, r.channel_id, r.spool_id
           FROM unnest(p_rows) r
     )
     INSERT INTO campaign_callerids AS cc (campaign, caller_id, last_used_at)
@@ -138,8 +138,8 @@ DECLARE
     v_dest_again boolean;
     v_cid_again  boolean;
     -- Records not yet written.
-    w_rows   dg_new_decision[] := '{}';
-    w_row    dg_new_decision;
+    w_rows   dg_decision_row[] := '{}';
+    w_row    dg_decision_row;
 BEGIN
     -- The locks any item may need. A campaign is locked only for an item whose caller ID is
     -- new to it (no use in the last 24 h): only such an item can raise the count of the
@@ -305,7 +305,7 @@ BEGIN
             IF cardinality(w_rows) > 0
                AND (v_dest_again OR v_cid_again
                     OR (lim.campaign_rotation_limit IS NOT NULL AND r.camp_new)) THEN
-                PERFORM dg_record_decisions(w_rows);
+                PERFORM dg_write_decisions(w_rows);
                 w_rows := '{}';
             END IF;
             IF v_dest_again THEN
@@ -442,7 +442,7 @@ BEGIN
         IF p_record THEN
             decision_id := nextval('decisions_id_seq');
             w_row := (decision_id, v_at, v.caller, v.dest, v.campaign, v_rule IS NULL, v_rule,
-                      coalesce(v_facts, '{}'), v.source, v.channel_id);
+                      coalesce(v_facts, '{}'), v.source, v.channel_id, v.attempt_id);
             w_rows := w_rows || w_row;
             IF v_rule IS NULL THEN
                 b_dests := b_dests || v.dest;
@@ -455,7 +455,7 @@ BEGIN
     END LOOP;
 
     IF cardinality(w_rows) > 0 THEN
-        PERFORM dg_record_decisions(w_rows);
+        PERFORM dg_write_decisions(w_rows);
     END IF;
 END;
 $$;

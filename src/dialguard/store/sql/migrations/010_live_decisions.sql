@@ -4,7 +4,7 @@
 -- whenever a file changes; migrations hold schema changes only. This one adds what the new
 -- decision function takes. The previous release's dg_decide_batch(dg_decide_attempt[],
 -- dg_decide_rules[], boolean) and the helpers it calls (dg_destination_history,
--- dg_callerid_counts) stay, untouched, so instances still running that release keep deciding
+-- dg_callerid_counts, dg_record_decisions) stay, untouched, so instances still running that release keep deciding
 -- through a rolling upgrade; the next migration drops them.
 
 -- One call attempt, as dg_decide takes it.
@@ -14,6 +14,9 @@
 --   otherwise at is the decision's time "as of" (an audit replay): the attempts at or before it.
 --   budget_ms: how long the caller still waits for the answer, from the statement's start; an
 --         item still waiting for its locks past that is not recorded (NULL: no limit).
+--   attempt_id: in fail-open mode, the id the call is spooled under should its caller give up
+--         before the answer comes: recorded in decisions.spool_id, so that the decision and its
+--         spooled copy count once.
 CREATE TYPE dg_attempt AS (
     at               timestamptz,
     live             boolean,
@@ -27,5 +30,21 @@ CREATE TYPE dg_attempt AS (
     pre_rule         text,
     pre_facts        text,
     hours_facts      text,
+    attempt_id       uuid,
     rules            integer
+);
+
+-- One decision to record, as dg_decide writes it.
+CREATE TYPE dg_decision_row AS (
+    id           bigint,
+    at           timestamptz,
+    caller_id    text,
+    destination  text,
+    campaign     text,
+    allowed      boolean,
+    rule         text,
+    facts        jsonb,
+    source       text,
+    channel_id   text,
+    spool_id     uuid
 );
