@@ -27,6 +27,8 @@ from dialguard.store.embedded import EmbeddedPostgres
 from dialguard.store.migrate import check_schema, migrate
 
 if TYPE_CHECKING:
+    from dialguard.broadcast import Broadcast
+    from dialguard.gate import Gate
     from dialguard.outcomes import OutcomeTracker
     from dialguard.proxy import AriProxy
 
@@ -49,6 +51,12 @@ class SettingsProfiles:
         if name not in self._settings.profiles:
             return None
         return profile_raw(self._settings, name)
+
+    def digest(self) -> str:
+        """A digest of every profile as configured: instances that decide alike share it."""
+        from dialguard.broadcast import profiles_digest
+
+        return profiles_digest({n: profile_raw(self._settings, n) for n in self._settings.profiles})
 
 
 @dataclass
@@ -205,7 +213,7 @@ class Service:
         from dialguard.ari.listener import EventListener
         from dialguard.feedback import Feedback
         from dialguard.gate import HANDLED_EVENTS, Gate, GateConfig
-        from dialguard.metrics import Metrics
+        from dialguard.metrics import InstanceMetrics, Metrics
         from dialguard.outcomes import OutcomeTracker, StoreOutcomeSink
         from dialguard.spool import Spool
         from dialguard.store.complaints import ComplaintStore
@@ -248,17 +256,22 @@ class Service:
             settings, stores, metrics=self.metrics, spool=self.spool, profiles=self.profiles
         )
         self._session = aiohttp.ClientSession()
+        gate = settings.gate
+        # In broadcast mode each instance holds an application of its own.
+        app_name = settings.ari.app
+        subscribe_all = settings.ari.subscribe_all
+        if gate.mode == "broadcast":
+            app_name = f"{settings.ari.app}-{gate.instance_id}"
+            # Without subscribeAll, ARI lists the channels parked in an application under it
+            # (GET /applications/{app}), which is how a takeover finds a dead instance's calls.
+            subscribe_all = False
         self.ari = AriClient(
-            settings.ari.url,
-            settings.ari.username,
-            settings.ari.password,
-            settings.ari.app,
+            settings.ari.url, settings.ari.username, settings.ari.password, app_name
         )
         self.outcomes = OutcomeTracker(self.outcome_sink, self.metrics, self.tasks.spawn)
-        gate = settings.gate
         self.gate = Gate(
             GateConfig(
-                app=settings.ari.app,
+                app=app_name,
                 trunks=settings.ari.trunks,
                 allow_label=gate.allow_label,
                 deny_cause=gate.deny_cause,
@@ -266,7 +279,7 @@ class Service:
                 campaign_from=gate.campaign_from,
                 destination_from=gate.destination_from,
                 enforce_gate=gate.enforce_gate,
-                follow_allowed_channels=not settings.ari.subscribe_all,
+                follow_allowed_channels=not subscribe_all,
             ),
             self.decider,
             self.ari,
@@ -275,17 +288,38 @@ class Service:
             self.metrics,
             spool=self.spool,
         )
+        self.instance_metrics = InstanceMetrics(
+            self.registry,
+            mode=gate.mode,
+            ready=lambda: self.readiness()[0],
+            background_error=self.metrics.background_error,
+        )
+        self.broadcast: Broadcast | None = None
+        events: Broadcast | Gate = self.gate
+        if gate.mode == "broadcast":
+            from dialguard.broadcast import Broadcast, BroadcastConfig
+            from dialguard.store.instances import InstanceStore
+
+            self.broadcast = events = Broadcast(
+                BroadcastConfig(app=app_name, instance_id=gate.instance_id),
+                self.gate,
+                self.ari,
+                InstanceStore(stores.pool),
+                self.tasks,
+                self.profiles.digest,
+                self.instance_metrics,
+            )
         self.listener = EventListener(
             settings.ari.url,
             settings.ari.username,
             settings.ari.password,
-            settings.ari.app,
-            on_event=self.gate.on_event,
-            on_connect=self.gate.on_connect,
-            on_disconnect=self.gate.on_disconnect,
-            subscribe_all=settings.ari.subscribe_all,
+            app_name,
+            on_event=events.on_event,
+            on_connect=events.on_connect,
+            on_disconnect=events.on_disconnect,
+            subscribe_all=subscribe_all,
             session=self._session,
-            types=HANDLED_EVENTS,
+            types=HANDLED_EVENTS | {"CallBroadcast"},
         )
         self.proxy: AriProxy | None = None
         if settings.proxy.listen is not None:
@@ -311,6 +345,8 @@ class Service:
         return True
 
     def readiness(self) -> tuple[bool, dict[str, bool]]:
+        if self.broadcast is not None:
+            return self.broadcast.ready, self.broadcast.status()
         return self.gate.ready, self.gate.status()
 
     async def start(self) -> None:
@@ -339,6 +375,8 @@ class Service:
         self.gc_pauses.install()
         self.supervisor.start("spool_replay", self.spool.write_back_forever)
         self.supervisor.start("housekeeping", self._housekeep)
+        if self.broadcast is not None:
+            self.supervisor.start("instances", self.broadcast.run)
         await self.listener.start()
         log.info(
             "dialguard serving: API %s:%s, metrics %s:%s, ARI %s",
@@ -399,6 +437,9 @@ class Service:
         await self.tasks.drain(2.0)
         await self.tasks.cancel_all()
         await self.supervisor.stop()
+        if self.broadcast is not None:
+            # The others take over whatever this instance still holds.
+            await self.broadcast.stop()
         await self.spool.stop()
         # A last write-back if the database is there; bounded, so a stuck one cannot hold up
         # the stop (what is left stays on disk for the next start).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from dialguard.policy.profile import (
 from dialguard.policy.values import ValueSyntaxError, parse_duration
 
 FailMode = Literal["closed", "open"]
+GateMode = Literal["stasis", "broadcast"]
 
 
 class ConfigError(Exception):
@@ -72,6 +74,10 @@ class GateSettings:
     destination_from: str
     enforce_gate: bool
     spool_dir: Path
+    # "stasis": one instance holds the app; "broadcast": several instances share the calls
+    # through StasisBroadcast, each under its own app name `<ari.app>-<instance_id>`.
+    mode: GateMode = "stasis"
+    instance_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +132,12 @@ def default_data_dir() -> Path:
     return Path(base) / "dialguard"
 
 
+def default_instance_id() -> str:
+    """The host's name and the process id: unique among the instances gating one Asterisk."""
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname().split(".")[0]) or "host"
+    return f"{host[:40]}-{os.getpid()}"
+
+
 # (section, key) -> (default, kind). Kinds parse both TOML values and environment strings.
 _SCHEMA: dict[tuple[str, str], tuple[Any, str]] = {
     ("database", "url"): (None, "dsn?"),
@@ -149,6 +161,9 @@ _SCHEMA: dict[tuple[str, str], tuple[Any, str]] = {
     ("gate", "destination_from"): ("exten", "destination_from"),
     ("gate", "enforce_gate"): (False, "bool"),
     ("gate", "spool_dir"): (None, "path?"),
+    ("gate", "mode"): ("stasis", "gatemode"),
+    # None: the host's name and the process id (unique among instances sharing an Asterisk).
+    ("gate", "instance_id"): (None, "instance_id?"),
     ("api", "listen"): ("127.0.0.1:8090", "listen"),
     ("api", "token"): (None, "str?"),
     ("api", "max_body"): (1048576, "int"),
@@ -285,6 +300,15 @@ def _parse(kind: str, value: Any, where: str) -> Any:
         if value not in ("closed", "open"):
             raise ValueError(f"expected 'closed' or 'open', got {value!r}")
         return value
+    if base == "gatemode":
+        if value not in ("stasis", "broadcast"):
+            raise ValueError(f"expected 'stasis' or 'broadcast', got {value!r}")
+        return value
+    if base == "instance_id":
+        text = str(value)
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", text):
+            raise ValueError(f"expected up to 63 letters, digits, '.', '_' or '-', got {text!r}")
+        return text
     if base == "cause":
         cause = _parse("int", value, where)
         if not 1 <= cause <= 127:
@@ -466,6 +490,8 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
             destination_from=v("gate", "destination_from"),
             enforce_gate=v("gate", "enforce_gate"),
             spool_dir=v("gate", "spool_dir") or data_dir / "spool",
+            mode=v("gate", "mode"),
+            instance_id=v("gate", "instance_id") or default_instance_id(),
         ),
         api=ApiSettings(api_listen, v("api", "token"), v("api", "max_body")),
         metrics=MetricsSettings(v("metrics", "listen"), v("metrics", "per_callerid")),

@@ -308,6 +308,11 @@ class Gate:
         args = tuple(a for a in channel.app_data.split(",")[1:])
         await self._decide_channel(channel, args, reconciling=True)
 
+    async def decide_parked(self, channel: Channel, args: tuple[str, ...]) -> None:
+        """Decide a channel found parked (by another instance's takeover, say) with ``args`` as
+        its Stasis arguments: a decision already recorded for it is applied, not made again."""
+        await self._decide_channel(channel, args, reconciling=True)
+
     async def _decide_channel(
         self, channel: Channel, args: tuple[str, ...], *, reconciling: bool = False
     ) -> None:

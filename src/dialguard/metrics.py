@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Final
@@ -49,6 +49,7 @@ __all__ = [
     "OTHER_SOURCE",
     "OVERFLOW_LABEL",
     "REDACTED_LABEL",
+    "InstanceMetrics",
     "Metrics",
     "looks_like_phone_number",
 ]
@@ -110,6 +111,7 @@ BACKGROUND_TASKS: Final[tuple[str, ...]] = (
     "spool_replay",
     "ari_subscribe",
     "ari_reconcile",
+    "instances",
 )
 
 
@@ -469,3 +471,72 @@ class Metrics:
                 )
                 self._caller_ids[label] = series
         return series
+
+
+# What became of a claim of a broadcast call (dialguard_broadcast_claims_total{result}).
+CLAIM_RESULTS: Final[tuple[str, ...]] = ("won", "lost", "late", "error")
+
+
+class InstanceMetrics:
+    """The metrics of one instance among several (``gate.mode = "broadcast"``), and readiness.
+
+    ``dialguard_ready{mode}`` is read at each scrape from ``ready``, in either mode, so that
+    alerts can count the ready instances of a group.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        mode: str,
+        ready: Callable[[], bool],
+        background_error: Callable[[str], None],
+    ) -> None:
+        self._ready = Gauge(
+            "dialguard_ready",
+            "1 while this instance is ready (/readyz answers 200), by gate mode.",
+            ("mode",),
+            registry=registry,
+        )
+        self._ready.labels(mode=mode).set_function(lambda: 1.0 if ready() else 0.0)
+        self._alive = Gauge(
+            "dialguard_instances_alive",
+            "Instances of the group this instance sees alive, itself included (broadcast mode).",
+            registry=registry,
+        )
+        self._mismatch = Gauge(
+            "dialguard_profiles_mismatch",
+            "1 while this instance's profiles differ from the oldest live instance's.",
+            registry=registry,
+        )
+        claims = Counter(
+            "dialguard_broadcast_claims_total",
+            "Claims of broadcast calls, by result: won, lost (409), late (404), error.",
+            ("result",),
+            registry=registry,
+        )
+        self._claims = {result: claims.labels(result=result) for result in CLAIM_RESULTS}
+        self._takeovers = Counter(
+            "dialguard_takeovers_total",
+            "Dead instances whose parked calls this instance decided.",
+            registry=registry,
+        )
+        self._takeover_calls = Counter(
+            "dialguard_takeover_calls_total",
+            "Calls parked with a dead instance that this instance decided.",
+            registry=registry,
+        )
+        self.background_error = background_error
+
+    def claim(self, result: str) -> None:
+        self._claims[result].inc()
+
+    def instances_alive(self, count: int) -> None:
+        self._alive.set(count)
+
+    def profiles_mismatch(self, mismatch: bool) -> None:
+        self._mismatch.set(1 if mismatch else 0)
+
+    def takeover(self, calls: int) -> None:
+        self._takeovers.inc()
+        self._takeover_calls.inc(calls)

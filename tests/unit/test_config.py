@@ -54,6 +54,8 @@ EVERY_KEY: dict[tuple[str, str], tuple[str, Any, Getter]] = {
     ("gate", "destination_from"): ("arg:2", "arg:2", lambda s: s.gate.destination_from),
     ("gate", "enforce_gate"): ("yes", True, lambda s: s.gate.enforce_gate),
     ("gate", "spool_dir"): ("/var/spool/dg", Path("/var/spool/dg"), lambda s: s.gate.spool_dir),
+    ("gate", "mode"): ("broadcast", "broadcast", lambda s: s.gate.mode),
+    ("gate", "instance_id"): ("pbx1-a", "pbx1-a", lambda s: s.gate.instance_id),
     ("api", "listen"): ("127.0.0.1:9000", ("127.0.0.1", 9000), lambda s: s.api.listen),
     ("api", "token"): ("t0ken", "t0ken", lambda s: s.api.token),
     ("api", "max_body"): ("2048", 2048, lambda s: s.api.max_body),
@@ -527,3 +529,15 @@ def test_an_explicit_fallback_zone_wins_over_the_regions() -> None:
         "DIALGUARD_NUMBERS_FALLBACK_TIMEZONE": "Europe/Dublin",
     }
     assert load_settings(None, env).numbers.fallback_timezone == "Europe/Dublin"
+
+
+def test_an_instance_id_is_an_application_name_suffix_and_defaults_to_host_and_pid() -> None:
+    assert problems(None, {"DIALGUARD_GATE_INSTANCE_ID": "a b"}) == [
+        "DIALGUARD_GATE_INSTANCE_ID: expected up to 63 letters, digits, '.', '_' or '-', got 'a b'"
+    ]
+    assert problems(None, {"DIALGUARD_GATE_MODE": "cluster"}) == [
+        "DIALGUARD_GATE_MODE: expected 'stasis' or 'broadcast', got 'cluster'"
+    ]
+    settings = load_settings(None, {})
+    assert settings.gate.mode == "stasis"
+    assert settings.gate.instance_id.endswith(f"-{os.getpid()}")

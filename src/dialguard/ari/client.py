@@ -18,7 +18,7 @@ from urllib.parse import quote
 import orjson
 from yarl import URL
 
-from dialguard.ari.errors import AriUnavailable, error_from_response
+from dialguard.ari.errors import AriConflict, AriUnavailable, error_from_response
 from dialguard.ari.http import HttpPool, HttpTransportError
 
 log = logging.getLogger(__name__)
@@ -266,6 +266,23 @@ class AriClient:
         }
         body = {"variables": dict(variables)} if variables else None
         return _expect_dict(await self.request("POST", "/channels", params, body))
+
+    # -- events -----------------------------------------------------------------------------
+
+    async def claim(self, channel_id: str) -> bool:
+        """Claim a channel that StasisBroadcast offers (Asterisk 20.17+/22.7+) for our app.
+
+        True when this claim won (204: our app receives its StasisStart), False when another
+        application's came first (409). AriNotFound when the channel is gone or its broadcast
+        is over (it timed out).
+        """
+        try:
+            await self.request(
+                "POST", "/events/claim", {"channelId": channel_id, "application": self.app}
+            )
+        except AriConflict:
+            return False
+        return True
 
     # -- applications -----------------------------------------------------------------------
 
