@@ -874,7 +874,9 @@ def phantom_cause(row: dict[str, Any], record: CallRecord | None, soak: Soak) ->
 
 def phantom_detail(row: dict[str, Any], soak: Soak) -> dict[str, Any]:
     record = soak.ledger.by_channel.get(row["channel_id"])
-    detail = {k: str(row[k]) for k in ("id", "at", "channel_id", "spool_id", "fail_open")}
+    detail: dict[str, Any] = {
+        k: str(row[k]) for k in ("id", "at", "channel_id", "spool_id", "fail_open")
+    }
     detail["cause"] = phantom_cause(row, record, soak)
     if record is not None:
         detail.update(asdict_light(record))
