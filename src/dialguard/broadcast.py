@@ -232,7 +232,7 @@ class Broadcast:
         except AriNotFound:
             # Gone, or the broadcast ended (timed out) before the claim arrived.
             self._count_claim("late")
-            log.info("channel %s: claimed too late (gone or no longer broadcast)", channel_id)
+            log.debug("channel %s: claimed too late (gone or no longer broadcast)", channel_id)
             return
         except AriError as exc:
             self._count_claim("error")
