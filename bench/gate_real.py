@@ -388,6 +388,7 @@ class Run:
         try:
             await wait_ready(f"http://127.0.0.1:{api}/readyz", proc)
             self.parties.dialguard = psutil.Process(proc.pid)
+            print(json.dumps({"dialguard_serve_pid": proc.pid}), flush=True)  # for a profiler
             yield proc
         finally:
             self.parties.dialguard = None
