@@ -41,6 +41,7 @@ from dialguard.store.connection import create_pool
 from dialguard.store.embedded import EmbeddedPostgres
 from dialguard.store.migrate import migrate
 from dialguard.testing.real_asterisk import RealAsterisk, asterisk_home_from_env, carrier_number
+from gate import bucket_quantile, decision_buckets
 
 DIALGUARD = str(Path(sys.executable).parent / "dialguard")
 CALLERS = [f"2125{n:06d}" for n in range(1000, 1200)]
@@ -277,6 +278,7 @@ class Run:
     workdir: Path
     sequence: Iterator[int]
     results: list[dict[str, Any]] = field(default_factory=list)
+    metrics_url: str | None = None  # dialguard's, while it runs
 
     async def offer(self, rate: float, seconds: float) -> tuple[list[str], int]:
         """Originate calls at `rate` for `seconds`; the gated channels' ids and how many
@@ -321,10 +323,12 @@ class Run:
         idle_before, idle_started = self.parties.sample(), time.perf_counter()
         await asyncio.sleep(self.args.idle_seconds)
         idle_after, idle_for = self.parties.sample(), time.perf_counter() - idle_started
+        decisions_before = await decision_buckets(self.metrics_url) if self.metrics_url else {}
         before, started = self.parties.sample(), time.perf_counter()
         channels, late = await self.offer(rate, seconds)
         await self.settle(channels)
         after, took = self.parties.sample(), time.perf_counter() - started
+        decisions_after = await decision_buckets(self.metrics_url) if self.metrics_url else {}
         observed, stamped = self.timer.latencies(channels)
         result = {
             "app": app,
@@ -343,6 +347,11 @@ class Run:
                 before, after, idle_before, idle_after, took / idle_for, len(channels)
             ),
         }
+        if decisions_after:
+            # The decision's own share (dialguard's histogram: the bound of its bucket).
+            for q in (0.5, 0.99):
+                bound = bucket_quantile(decisions_before, decisions_after, q)
+                result[f"decision_p{round(q * 100)}_ms_at_most"] = bound * 1000
         print(json.dumps(result), flush=True)
         self.results.append(result)
         return result
@@ -388,10 +397,12 @@ class Run:
         try:
             await wait_ready(f"http://127.0.0.1:{api}/readyz", proc)
             self.parties.dialguard = psutil.Process(proc.pid)
+            self.metrics_url = f"http://127.0.0.1:{metrics}/metrics"
             print(json.dumps({"dialguard_serve_pid": proc.pid}), flush=True)  # for a profiler
             yield proc
         finally:
             self.parties.dialguard = None
+            self.metrics_url = None
             if proc.returncode is None:
                 proc.terminate()
             await proc.wait()
@@ -546,10 +557,11 @@ def print_table(results: list[dict[str, Any]]) -> None:
     print()
     print(
         "| calls/s | no-op p50 / p99 ms | dialguard p50 / p99 ms | added p50 / p99 ms |"
+        " decision p50 / p99 ≤ ms |"
         " CPU ms per call (beyond idle): dialguard · PostgreSQL · Asterisk (no-op step) |"
         " machine busy % (no-op / dialguard) |"
     )
-    print("|---:|---:|---:|---:|---|---|")
+    print("|---:|---:|---:|---:|---:|---|---|")
     for rate, apps in sorted(by_rate.items()):
         noop, dg = apps.get("no-op"), apps.get("dialguard")
         if noop is None or dg is None:
@@ -558,7 +570,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
         cpu, base = dg["marginal_cpu_ms_per_call"], noop["marginal_cpu_ms_per_call"]
         print(
             f"| {rate:g} | {noop['p50_ms']} / {noop['p99_ms']} | {dg['p50_ms']} / {dg['p99_ms']}"
-            f" | {added[0]} / {added[1]} | {cpu.get('dialguard')} · {cpu.get('postgres')} ·"
+            f" | {added[0]} / {added[1]}"
+            f" | {dg.get('decision_p50_ms_at_most')} / {dg.get('decision_p99_ms_at_most')}"
+            f" | {cpu.get('dialguard')} · {cpu.get('postgres')} ·"
             f" {cpu.get('asterisk')} ({base.get('asterisk')}) |"
             f" {noop['machine_busy_pct']} / {dg['machine_busy_pct']} |"
         )
