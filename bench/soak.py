@@ -59,7 +59,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -500,36 +500,30 @@ class Soak:
         async def at(fraction: float) -> None:
             await asyncio.sleep(max(0.0, start + fraction * seconds - time.perf_counter()))
 
-        background: list[asyncio.Task[None]] = []
         await at(0.08)
         await self.cut_websocket("a")
         await at(0.14)
         await self.cut_websocket("b")
         await at(0.22)
-        background.append(
-            asyncio.create_task(
-                self.import_file(
-                    f"complaint import ({COMPLAINT_ROWS:,} rows)",
-                    "complaint",
-                    ["complaints", "import", str(complaints)],
-                )
+        importing = asyncio.create_task(
+            self.import_file(
+                f"complaint import ({COMPLAINT_ROWS:,} rows)",
+                "complaint",
+                ["complaints", "import", str(complaints)],
             )
         )
         await at(0.36)
+        # One fault at a time: the restart would end the import (the CLI gives up on it).
+        await importing
         await self.restart_database()
         await at(0.50)
         await self.stall_database_then_kill(self.options.stall_seconds)
         await at(0.66)
-        background.append(
-            asyncio.create_task(
-                self.import_file(
-                    f"blacklist import ({BLACKLIST_ROWS:,} rows)",
-                    "import",
-                    ["blacklist", "import", str(blacklist)],
-                )
-            )
+        await self.import_file(
+            f"blacklist import ({BLACKLIST_ROWS:,} rows)",
+            "import",
+            ["blacklist", "import", str(blacklist)],
         )
-        await asyncio.gather(*background)
 
     # -- traffic -------------------------------------------------------------------------------
 
@@ -860,6 +854,11 @@ def phantom_cause(row: dict[str, Any], record: CallRecord | None, soak: Soak) ->
         return "committed after the gate gave up; the call was denied"
     if record.verdict == "allowed" and not record.decision_id and not row["fail_open"]:
         return "committed after the gate gave up; the call went out in fail-open"
+    ended = record.ended_at
+    for fault in soak.faults:
+        cut = fault.name == f"websocket cut ({record.app})"
+        if cut and ended is not None and fault.start <= ended <= fault.end + 0.5:
+            return "the call ended while its instance's websocket was cut"
     killed = soak.killed
     if (
         killed is not None
@@ -887,9 +886,8 @@ def phantom_detail(row: dict[str, Any], soak: Soak) -> dict[str, Any]:
 
 
 def asdict_light(r: CallRecord) -> dict[str, Any]:
-    data = asdict(r)
-    data.pop("call", None)
-    return data
+    """The record's fields but its call (whose channels refer back to it)."""
+    return {f.name: getattr(r, f.name) for f in fields(r) if f.name != "call"}
 
 
 def _round(value: float | None) -> float | None:
