@@ -53,10 +53,13 @@ class SettingsProfiles:
         return profile_raw(self._settings, name)
 
     def digest(self) -> str:
-        """A digest of every profile as configured: instances that decide alike share it."""
+        """A digest of every profile's values, as parsed (``4h`` and ``240m`` alike): instances
+        that decide alike share it."""
+        from dataclasses import asdict
+
         from dialguard.broadcast import profiles_digest
 
-        return profiles_digest({n: profile_raw(self._settings, n) for n in self._settings.profiles})
+        return profiles_digest({n: asdict(p) for n, p in self._settings.profiles.items()})
 
 
 @dataclass

@@ -117,7 +117,7 @@ class BroadcastMetrics(Protocol):
 
 
 def profiles_digest(profiles: Mapping[str, Mapping[str, Any]]) -> str:
-    """A digest of the profiles by name, as configured: equal on instances that decide alike."""
+    """A digest of the profiles' values by name: equal on instances that decide alike."""
     text = json.dumps(
         {name: dict(profiles[name]) for name in sorted(profiles)}, sort_keys=True, default=str
     )

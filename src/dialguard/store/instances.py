@@ -108,7 +108,9 @@ class InstanceStore:
         """Forget a broken lease session: its locks die with it (terminated, not reused)."""
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.terminate()
+            # The pool may have taken a lost connection back already: then both refuse.
+            with contextlib.suppress(Exception):
+                conn.terminate()
             with contextlib.suppress(Exception):
                 await self._pool.release(conn)
 
