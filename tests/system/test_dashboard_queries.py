@@ -25,7 +25,13 @@ import pytest_asyncio
 import yaml
 from prometheus_client import CollectorRegistry
 
-from dialguard.metrics import BACKGROUND_TASKS, REDACTED_LABEL, Metrics
+from dialguard.metrics import (
+    BACKGROUND_TASKS,
+    CLAIM_RESULTS,
+    REDACTED_LABEL,
+    InstanceMetrics,
+    Metrics,
+)
 from dialguard.metrics_http import serve_metrics
 from dialguard.policy.codes import (
     CARRIER_REJECTION_LABELS,
@@ -96,7 +102,9 @@ DASHBOARD_QUERIES = dashboard_queries()
 ALERT_EXPRESSIONS = alert_expressions()
 
 
-async def generate_traffic(metrics: Metrics, *, tick: float = 0.1) -> None:
+async def generate_traffic(
+    metrics: Metrics, instances: InstanceMetrics | None = None, *, tick: float = 0.1
+) -> None:
     """Drive every series forever (until cancelled), a little on every tick."""
     rules = itertools.cycle(list(Rule))
     sources = itertools.cycle(COMPLAINT_SOURCES)
@@ -126,6 +134,13 @@ async def generate_traffic(metrics: Metrics, *, tick: float = 0.1) -> None:
                 metrics.background_error(task)
             if step % 10 == 0:
                 metrics.ari_reconnect()
+            if instances is not None:
+                # One instance of a broadcast group, alone and at odds with the others' profiles.
+                instances.instances_alive(1)
+                instances.profiles_mismatch(True)
+                for result in CLAIM_RESULTS:
+                    instances.claim(result)
+                instances.takeover(2)
             await asyncio.sleep(tick)
 
 
@@ -139,7 +154,10 @@ async def prometheus() -> AsyncIterator[RunningPrometheus]:
     metrics = Metrics(registry, per_callerid=True, build_version="0.0.0-test")
     runner = await serve_metrics(registry, "127.0.0.1", 0)
     host, port = runner.addresses[0][:2]
-    traffic = asyncio.create_task(generate_traffic(metrics))
+    instances = InstanceMetrics(
+        registry, mode="broadcast", ready=lambda: False, background_error=metrics.background_error
+    )
+    traffic = asyncio.create_task(generate_traffic(metrics, instances))
     # Nothing listens here: a target that is down, so DialguardDown has something to report.
     dead_target = f"127.0.0.1:{free_port()}"
     try:
