@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -12,6 +13,7 @@ import pytest
 
 from dialguard.store.blacklist import BlacklistStore
 from dialguard.store.callerids import CallerIdStore
+from dialguard.store.health import HealthStore
 from dialguard.testing.real_asterisk import RealAsterisk, TcpRelay, carrier_number
 from tests.integration.real_asterisk_support import (
     CALLER,
@@ -158,6 +160,16 @@ async def test_carrier_outcomes_reach_caller_id_health_and_rest_a_blocked_caller
         ), code
     # 4 carrier rejections (403, 603, 607, 608) in the last 8 completed calls: 50 %.
     assert callerid["reason"] == "carrier_block_suspected"
+    health = await HealthStore(pool).callerid(
+        CALLER_E164, at=datetime.now(UTC), window=1000, short_call_seconds=6
+    )
+    # Two answered calls, both shorter than 6 s; busy and congestion are neither.
+    assert (health.calls, health.answered, health.short_calls, health.carrier_rejections) == (
+        8,
+        2,
+        2,
+        4,
+    )
 
 
 async def test_fail_closed_while_dialguard_is_down_then_gated_once_it_is_up(
