@@ -37,6 +37,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -396,14 +397,18 @@ class NetworkNamespace:
     """
 
     def __init__(self) -> None:
-        tag = f"{os.getpid() % 100000}x{next(_instances)}"
+        # The creating process's id is in the names (at most 13 characters, under the 15 of an
+        # interface name): a namespace whose creator died without cleaning up (a test run
+        # killed outright) is recognised, and the next one removes it.
+        tag = f"{os.getpid()}x{next(_instances) % 100}"
         self.name = f"dg-{tag}"
-        self._host_if = f"dg{tag}h"[:15]
-        self._ns_if = f"dg{tag}n"[:15]
+        self._host_if = f"dg{tag}h"
+        self._ns_if = f"dg{tag}n"
         self.address = ""
         self.host_address = ""
 
     async def create(self) -> None:
+        await remove_orphaned_namespaces()
         used = await _run("ip", "-o", "-4", "addr", "show")
         for _ in range(64):
             block = int.from_bytes(os.urandom(2), "big") % 16000 + 64  # 169.254.0.0/24 left out
@@ -438,6 +443,38 @@ class NetworkNamespace:
             await _run("ip", "link", "delete", self._host_if)
         with contextlib.suppress(RuntimeError):
             await _run("ip", "netns", "delete", self.name)
+
+
+_NAMESPACE = re.compile(r"dg-(\d+)x\d+")
+
+
+async def remove_orphaned_namespaces() -> None:
+    """Delete the namespaces of harnesses whose process is gone, with what still runs in them
+    (their Asterisk and sipp) and their host-side link."""
+    for line in (await _run("ip", "netns", "list")).splitlines():
+        name = line.split(" ", 1)[0]
+        found = _NAMESPACE.fullmatch(name)
+        if found is None or _alive(int(found.group(1))):
+            continue
+        log.warning("removing the network namespace %s left by a process that is gone", name)
+        with contextlib.suppress(RuntimeError):
+            for pid in (await _run("ip", "netns", "pids", name)).split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+        with contextlib.suppress(RuntimeError):
+            await _run("ip", "link", "delete", f"dg{name[3:]}h")
+        with contextlib.suppress(RuntimeError):
+            await _run("ip", "netns", "delete", name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # -- Asterisk -------------------------------------------------------------------------------
