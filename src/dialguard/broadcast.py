@@ -371,7 +371,12 @@ class Broadcast:
             log.warning("takeover: %d decision statements still running; going on", running)
 
     async def _reconcile_own(self) -> None:
-        """Decide the calls parked in this instance's own application while it was away."""
+        """Decide the calls parked in this instance's own application while it was away (or
+        before a restart under the same instance id)."""
+        try:
+            await self._settle()
+        except Exception as exc:
+            log.warning("reconciling without waiting for decisions in flight: %s", exc)
         delay = 0.1
         while True:
             try:
