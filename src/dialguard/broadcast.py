@@ -127,10 +127,11 @@ def profiles_digest(profiles: Mapping[str, Mapping[str, Any]]) -> str:
 def broadcast_args(app_data: str) -> tuple[str, ...]:
     """The arguments a parked channel's StasisStart carried, from ``timeout,filter,args``.
 
-    Asterisk 22.10 hands the winner the first argument after the filter only, so the same here.
+    Asterisk 22.10 hands the winner the first argument after the filter only, and none when
+    that one is empty, so the same here.
     """
     parts = app_data.split(",")
-    return tuple(parts[2:3])
+    return tuple(p for p in parts[2:3] if p)
 
 
 class Broadcast:

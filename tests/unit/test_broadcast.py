@@ -184,7 +184,7 @@ def call_broadcast(channel_id: str) -> OtherEvent:
 def test_the_stasis_arguments_of_a_parked_broadcast_are_the_first_after_the_filter() -> None:
     assert broadcast_args("1000,^dialguard-,spring") == ("spring",)
     assert broadcast_args("1000,^dialguard-,spring,extra") == ("spring",)
-    assert broadcast_args("1000,^dialguard-,") == ("",)
+    assert broadcast_args("1000,^dialguard-,") == ()  # an empty campaign: StasisStart args []
     assert broadcast_args("1000,^dialguard-") == ()
 
 
