@@ -22,6 +22,7 @@ from tests.integration.real_asterisk_support import (
     carrier,
     decision_of,
     gate_on,
+    outcome_of,
     poll,
     poll_async,
     requires_asterisk,
@@ -185,3 +186,34 @@ async def test_a_call_parked_with_an_instance_that_stops_is_decided_by_the_other
         assert value(b, "dialguard_takeovers_total") == 1
         assert value(b, "dialguard_takeover_calls_total") == 1
     assert left_with(asterisk, call)["DIALGUARD_DECISION"] == "allow"
+
+
+async def test_an_instance_leaves_the_calls_of_another_alone_and_still_sees_a_bypass(
+    pool: asyncpg.Pool, carrier: RealAsterisk, tmp_path: Path, registered: None
+) -> None:
+    # Each instance hears every trunk leg (the trunk subscription) but only its own calls'
+    # Dial events: the legs of calls another instance allowed are not ungated calls.
+    async with instances(pool, carrier, tmp_path, "a", "b") as (a, b):
+        calls = [
+            await originate_broadcast(carrier, carrier_number(f"21226{i:02d}", 200, hold=2.5))
+            for i in range(4)
+        ]
+        for call in calls:
+            assert await destroyed_cause(carrier, call) == 16
+        for call in calls:
+            # The winner follows its call: the outcome is recorded as in stasis mode.
+            row = await outcome_of(pool, call)
+            assert (row["allowed"], row["outcome"], row["cause"]) == (True, "answered", 16)
+        assert value(a, "dialguard_ungated_calls_total") == 0
+        assert value(b, "dialguard_ungated_calls_total") == 0
+        trunk = await carrier.originate_direct_to_trunk(
+            carrier_number("2122699", 200, hold=5), CALLER
+        )
+        await poll(
+            lambda: (
+                value(a, "dialguard_ungated_calls_total") >= 1
+                or value(b, "dialguard_ungated_calls_total") >= 1
+            ),
+            within=10,
+        )
+        assert trunk
