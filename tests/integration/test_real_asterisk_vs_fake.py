@@ -187,3 +187,17 @@ async def test_channel_parked_by_an_instance_that_went_away_is_decided_on_connec
     async with gate_on(pool, pbx, tmp_path):
         await poll(lambda: dialed_carrier(pbx, channel))
     assert variables(pbx, channel)["DIALGUARD_DECISION"] == "allow"
+
+
+async def test_deny_label_sends_the_call_to_the_announcement_then_ends_it_with_21(
+    pool: asyncpg.Pool, pbx: Pbx, tmp_path: Path
+) -> None:
+    # The caller ID is not registered: callerid_unknown.
+    async with gate_on(pool, pbx, tmp_path, DIALGUARD_GATE_DENY_LABEL="denied"):
+        channel = await pbx.place("2122641")
+        cause = await destroyed_cause(pbx, channel)
+    assert cause == 21
+    assert variables(pbx, channel)["DIALGUARD_RULE"] == "callerid_unknown"
+    apps = [e["dialplan_app"] for e in pbx.events("ChannelDialplan", channel)]
+    assert "Playback" in apps and apps[-1] == "Hangup"
+    assert not dialed_carrier(pbx, channel)
