@@ -29,6 +29,7 @@ from tests.integration.real_asterisk_support import (
     poll,
     requires_asterisk,
 )
+from tests.integration.test_proxy_originations import DIALER_AUTH, PROXY_ENV, proxy_url
 
 
 class Pbx(Protocol):
@@ -45,6 +46,11 @@ class Pbx(Protocol):
         ...
 
     def events(self, type: str, channel_id: str) -> list[dict[str, Any]]: ...
+
+    def carrier(self, line: str, *, sip_code: int = 200, hold: float = 0.0) -> str:
+        """A destination the carrier answers (or refuses) as asked, for calls that do not pass
+        the dialplan (the ARI proxy's originations)."""
+        ...
 
 
 class FakePbx:
@@ -64,6 +70,13 @@ class FakePbx:
         assert call.stasis is not None
         return call.stasis.id
 
+    def carrier(self, line: str, *, sip_code: int = 200, hold: float = 0.0) -> str:
+        number = carrier_number(line, sip_code, hold=hold)
+        self.fake.set_outcome(
+            number, Outcome.answered(hold) if sip_code == 200 else Outcome.sip(sip_code)
+        )
+        return number
+
     def events(self, type: str, channel_id: str) -> list[dict[str, Any]]:
         # What the observer heard, as the real harness's observer application does.
         return [e.event for e in self.fake.events(type, app=OBSERVER_APP, channel_id=channel_id)]
@@ -79,6 +92,9 @@ class RealPbx:
         number = carrier_number(line, sip_code, hold=hold)
         call = await self.asterisk.originate_outbound(number, CALLER, campaign="spring")
         return call.stasis_id
+
+    def carrier(self, line: str, *, sip_code: int = 200, hold: float = 0.0) -> str:
+        return carrier_number(line, sip_code, hold=hold)
 
     def events(self, type: str, channel_id: str) -> list[dict[str, Any]]:
         return [e.event for e in self.asterisk.events.of(type, channel_id)]
@@ -201,3 +217,40 @@ async def test_deny_label_sends_the_call_to_the_announcement_then_ends_it_with_2
     apps = [e["dialplan_app"] for e in pbx.events("ChannelDialplan", channel)]
     assert "Playback" in apps and apps[-1] == "Hangup"
     assert not dialed_carrier(pbx, channel)
+
+
+async def test_proxy_gates_an_ari_originate_to_the_trunk(
+    pool: asyncpg.Pool, pbx: Pbx, tmp_path: Path, registered: None
+) -> None:
+    allowed = pbx.carrier("2122641", sip_code=486)
+    denied = pbx.carrier("2122642", sip_code=200)
+    await BlacklistStore(pool).add_number("+1" + denied)
+    async with (
+        gate_on(pool, pbx, tmp_path, **PROXY_ENV) as service,
+        aiohttp.ClientSession(headers=DIALER_AUTH) as dialer,
+    ):
+        base = proxy_url(service)
+        async with dialer.get(f"{base}/asterisk/info") as resp:
+            assert resp.status == 200 and "system" in await resp.json()
+        answers = {}
+        for number in (allowed, denied):
+            async with dialer.post(
+                f"{base}/channels",
+                params={
+                    "endpoint": f"PJSIP/{number}@carrier",
+                    "app": OBSERVER_APP,
+                    "callerId": f'"Dialer" <{CALLER}>',
+                },
+            ) as resp:
+                answers[number] = (resp.status, await resp.json())
+        status, channel = answers[allowed]
+        assert status == 200
+        row = await outcome_of(pool, channel["id"])
+    assert (row["source"], row["outcome"], row["cause"], row["sip_code"]) == (
+        "proxy",
+        "busy",
+        17,
+        486,
+    )
+    status, body = answers[denied]
+    assert status == 403 and body["message"].startswith("dialguard: blacklisted: ")
