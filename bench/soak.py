@@ -1,11 +1,13 @@
 """A soak with faults: two `dialguard serve` processes, one PostgreSQL, one (fake) Asterisk.
 
 Steady traffic for ``--minutes`` while faults land on a schedule: each instance's ARI
-websocket cut, a complaint import of 10,000 rows, a PostgreSQL restart, a 10 s stall of the
-database (SIGSTOP of the server and every backend, then SIGCONT), one instance SIGKILLed at
-the moment the stall ends (with whatever its spool holds) and started again, and a blacklist
-import of 1,000,000 rows. Afterwards it checks the decisions table against the rules and
-against what the Asterisk saw, and prints a markdown report.
+websocket cut (with a call parked in its Stasis whose StasisStart is lost with the socket,
+which only the reconciliation on reconnect can decide), a complaint import of 10,000 rows,
+a PostgreSQL restart, a 10 s stall of the database (SIGSTOP of the server and every backend,
+then SIGCONT), one instance SIGKILLed at the moment the stall ends (with whatever its spool
+holds) and started again, and a blacklist import of 1,000,000 rows. Afterwards it checks the
+decisions table against the rules and against what the Asterisk saw, and prints a markdown
+report.
 
     .venv/bin/python bench/soak.py --minutes 10
     .venv/bin/python bench/soak.py --minutes 2 --rate 10 --json soak.json
@@ -87,6 +89,7 @@ SETTLE = 2.0  # seconds after a fault still counted as "during" it
 COMPLAINT_ROWS = 10_000
 NEVER = datetime(9999, 1, 1, tzinfo=UTC)
 BLACKLIST_ROWS = 1_000_000
+PROBE_BASE = 7_000_000  # destinations of the calls offered at a websocket cut
 
 
 def destination(index: int) -> str:
@@ -166,7 +169,9 @@ class SoakPbx(Pbx):
             self.ledger.by_channel[ch.id] = record
             record.offered_at = time.perf_counter()
             start = build_event("StasisStart", args=list(args), channel=self.snapshot(ch))
-            await self.apps.send_to_app(app, start)
+            if record.kind != "probe":
+                await self.apps.send_to_app(app, start)
+            # else its StasisStart is lost with the websocket the soak is about to cut.
             self.spawn(self._absolute_timeout(ch, record))
             return True
         record.no_app = True
@@ -404,12 +409,17 @@ class Soak:
         assert fake is not None
 
         async def act(record: Fault) -> None:
+            # A call parked in Stasis as the socket dies, its StasisStart lost with it: only
+            # the reconciliation on reconnect can decide it.
+            probe = await self.place(destination(PROBE_BASE + len(self.faults)), shard, "probe")
             await fake.drop_websocket(app)
             cut = time.perf_counter()
             await fake.wait_for(lambda: fake.app_connected(app), timeout=30, interval=0.01)
             record.detail["reconnected_s"] = round(time.perf_counter() - cut, 3)
             await self.instances[shard].wait_ready(30)
             record.detail["ready_s"] = round(time.perf_counter() - cut, 3)
+            await fake.wait_for(lambda: probe.verdict_at, timeout=ABSOLUTE_TIMEOUT + 1)
+            record.detail["parked_call_decided_ms"] = round((probe.latency or 0) * 1000, 1)
 
         await self.fault(f"websocket cut ({app})", act)
 
@@ -537,7 +547,7 @@ class Soak:
             return Outcome.congestion()
         return Outcome.no_answer(1.0)
 
-    async def place(self, number: str, shard: str, kind: str) -> None:
+    async def place(self, number: str, shard: str, kind: str) -> CallRecord:
         fake = self.fake
         assert fake is not None
         seq = len(self.ledger.records)
@@ -550,6 +560,7 @@ class Soak:
             variables={"SOAKSEQ": str(seq)},
             outcome=self.outcome(),
         )
+        return record
 
     async def offer(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()

@@ -53,6 +53,8 @@ async def test_every_fault_happened_and_hit_calls(report: dict[str, Any]) -> Non
     for app in ("dialguard-a", "dialguard-b"):
         cut = fault(report, f"websocket cut ({app})")
         assert cut["detail"]["reconnected_s"] < 10
+        # The call parked as the socket died was decided by the reconciliation, in time.
+        assert 0 < cut["detail"]["parked_call_decided_ms"] < 5000
     assert fault(report, "PostgreSQL restart")["detail"]["stopped_s"] > 0
     stall = fault(report, "database stall")
     assert stall["detail"]["processes"] > 1  # the postmaster and its backends
