@@ -469,7 +469,13 @@ class Soak:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
             )
-            out, err = await proc.communicate()
+            try:
+                out, err = await proc.communicate()
+            except BaseException:
+                if proc.returncode is None:
+                    proc.kill()  # the soak is ending: leave no import running behind it
+                    await proc.wait()
+                raise
             record.detail["exit"] = proc.returncode
             if proc.returncode != 0:
                 raise RuntimeError(err.decode(errors="replace").strip()[-500:])
