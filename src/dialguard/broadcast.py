@@ -104,6 +104,8 @@ class Instances(Protocol):
     async def seen(self, grace: float) -> list[Any]: ...
     async def take_over(self, instance_id: str, grace: float) -> str | None: ...
     async def taken_over(self, instance_id: str, *, done: bool) -> None: ...
+    async def reclaim(self, instance_id: str) -> int | None: ...
+    async def release_reclaim(self, lease: int) -> None: ...
     async def decisions_running(self, since: datetime | None) -> tuple[int, datetime]: ...
     async def close(self) -> None: ...
 
@@ -373,7 +375,30 @@ class Broadcast:
 
     async def _reconcile_own(self) -> None:
         """Decide the calls parked in this instance's own application while it was away (or
-        before a restart under the same instance id)."""
+        before a restart under the same instance id), holding its own takeover lock: a survivor
+        taking this instance over holds the same lock, so the two never decide the same calls."""
+        lease = await self._reclaim()
+        try:
+            await self._decide_own()
+        finally:
+            if lease:
+                with contextlib.suppress(Exception):
+                    await self._instances.release_reclaim(lease)
+
+    async def _reclaim(self) -> int | None:
+        """Wait for a survivor that is taking this instance over to finish; None when the
+        database cannot say (the calls are decided all the same: nobody else can reach them)."""
+        while True:
+            try:
+                lease = await self._instances.reclaim(self._config.instance_id)
+            except Exception as exc:
+                log.warning("reconciling %s without its takeover lock: %s", self._config.app, exc)
+                return None
+            if lease is not None:
+                return lease
+            await asyncio.sleep(0.05)
+
+    async def _decide_own(self) -> None:
         try:
             await self._settle()
         except Exception as exc:

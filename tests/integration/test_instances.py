@@ -134,3 +134,23 @@ async def test_a_takeover_waits_for_decision_statements_that_started_before_it(
         assert (await store.decisions_running(since))[0] == 0
     finally:
         await busy.close()
+
+
+async def test_an_instance_back_under_its_id_waits_for_the_survivor_taking_it_over(
+    stores: Callable[[], Awaitable[InstanceStore]],
+) -> None:
+    old, survivor = await stores(), await stores()
+    assert await old.reclaim("a") == 0  # no row yet: nothing to share
+    await old.beat("a", "dialguard-a", "h")
+    await survivor.beat("s", "dialguard-s", "h")
+    await old.close()
+    await until_dead(survivor, "a")
+    assert await survivor.take_over("a", GRACE) == "dialguard-a"
+    back = await stores()
+    assert await back.reclaim("a") is None  # the survivor decides a's calls now
+    await survivor.taken_over("a", done=False)
+    lease = await back.reclaim("a")
+    assert lease
+    # Back and holding its own takeover: no survivor takes it over meanwhile.
+    assert await survivor.take_over("a", GRACE) is None
+    await back.release_reclaim(lease)

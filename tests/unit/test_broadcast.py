@@ -100,6 +100,8 @@ class FakeInstances:
     released: list[tuple[str, bool]] = field(default_factory=list)
     taken_by_another: set[str] = field(default_factory=set)
     running: list[int] = field(default_factory=list)
+    reclaims: int = 0
+    busy_reclaims: int = 0  # how many times a survivor still holds this instance's takeover
 
     async def beat(self, instance_id: str, app: str, profiles_hash: str) -> int | None:
         return self.lease
@@ -117,6 +119,13 @@ class FakeInstances:
         self.released.append((instance_id, done))
         if done:
             self.rows = [r for r in self.rows if r.instance_id != instance_id]
+
+    async def reclaim(self, instance_id: str) -> int | None:
+        self.reclaims += 1
+        return None if self.reclaims <= self.busy_reclaims else 7
+
+    async def release_reclaim(self, lease: int) -> None:
+        self.released.append((f"own:{lease}", False))
 
     async def decisions_running(self, since: datetime | None) -> tuple[int, datetime]:
         return (self.running.pop(0) if self.running else 0), NOW
@@ -304,10 +313,13 @@ async def test_an_instance_back_on_ari_decides_what_was_parked_in_its_own_applic
     h = Harness()
     h.ari.apps["dialguard-me"] = ["c1"]
     h.ari.channels["c1"] = channel_json("c1")
+    h.instances.busy_reclaims = 3  # a survivor is taking it over: wait for it
     await h.tick()
     await h.broadcast.on_connect()
-    assert await h.tasks.drain(1.0)
+    assert await h.tasks.drain(2.0)
+    assert h.instances.reclaims == 4
     assert h.gate.parked == [("c1", ("spring",))]
+    assert h.instances.released == [("own:7", False)]
     assert h.broadcast.ready
 
 

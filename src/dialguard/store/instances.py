@@ -63,6 +63,16 @@ class InstanceStore:
         """Release a takeover; with ``done`` the dead instance's row goes too."""
         await self._call("SELECT dg_instance_taken_over($1, $2)", instance_id, done)
 
+    async def reclaim(self, instance_id: str) -> int | None:
+        """Hold this instance's own takeover lock; the lease locked (0: no row yet, nothing
+        locked), or None while a survivor holds it."""
+        value = await self._call("SELECT dg_instance_reclaim($1)", instance_id)
+        return None if value is None else int(value)
+
+    async def release_reclaim(self, lease: int) -> None:
+        if lease:
+            await self._call("SELECT pg_advisory_unlock(17018, $1)", lease)
+
     async def decisions_running(self, since: datetime | None) -> tuple[int, datetime]:
         """Decision statements of other sessions started before ``since`` (now when None) that
         still run, and the time counted from."""

@@ -119,3 +119,26 @@ LANGUAGE sql STABLE AS $$
       AND a.state = 'active' AND a.query_start < coalesce(p_since, now())
       AND a.query LIKE '%dg\_decide%'
 $$;
+
+-- dg_instance_reclaim: an instance back under its own id (a restart, a new ARI connection) holds
+-- its own takeover lock while it decides the calls left in its application, so that it and a
+-- survivor taking it over never decide the same calls: whichever comes second waits for, or
+-- skips, the other. Returns the lease now locked, 0 when the instance has no row yet (nothing to
+-- share), NULL while another session holds the lock (a survivor mid-takeover). Released with
+-- pg_advisory_unlock(17018, lease).
+CREATE OR REPLACE FUNCTION dg_instance_reclaim(p_id text)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_lease integer;
+BEGIN
+    SELECT lease INTO v_lease FROM dg_instances WHERE instance_id = p_id;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    IF pg_try_advisory_lock(17018, v_lease) THEN
+        RETURN v_lease;
+    END IF;
+    RETURN NULL;
+END;
+$$;
