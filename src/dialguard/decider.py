@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from dialguard.bulk_numbers import BulkNumbers
@@ -146,11 +147,15 @@ class Decider:
         # Fail-open: the id the call is spooled under if the answer comes too late; the database
         # records the decision under it too, so the two count once.
         attempt_id = str(uuid.uuid4()) if self._fail_mode == "open" and request.record else None
+        # Closed mode: a recorded decision answered after its caller gave up (the call was hung
+        # up) is still awaited, and if it was allowed, recorded as not placed.
+        late = self._not_placed if self._fail_mode == "closed" and request.record else None
         try:
             result = await self._bounded(
                 self._round_trip(
                     request, campaign, at, destination, zones, caller, live, attempt_id
-                )
+                ),
+                late,
             )
         except Exception as exc:  # every failure class gets the fail mode's verdict
             decision = self._undecidable(
@@ -180,13 +185,16 @@ class Decider:
             )
         return decision
 
-    async def _bounded(self, work: Coroutine[Any, Any, T]) -> T:
+    async def _bounded(
+        self, work: Coroutine[Any, Any, T], late: Callable[[T], None] | None = None
+    ) -> T:
         """``work``'s result within the deadline, else :class:`TimeoutError`, at the deadline.
 
-        The work runs in a task of its own, so that giving up does not wait for its clean-up:
-        a connection whose statement is cancelled goes back to the pool only once the server
-        acknowledges the cancel, and a server that has stopped answering never does. The task
-        is cancelled and left to finish in the background.
+        The work runs in a task of its own, so that giving up does not wait for it: a
+        connection whose statement is cancelled goes back to the pool only once the server
+        acknowledges the cancel, and a server that has stopped answering never does. Past the
+        deadline the task is cancelled and left to finish in the background; with ``late``, it
+        is left to run to its end instead, and ``late`` gets its result.
         """
         task = asyncio.ensure_future(work)
         try:
@@ -194,15 +202,31 @@ class Decider:
                 return await asyncio.shield(task)
         except BaseException:
             if not task.done():
-                task.cancel()
+                if late is None:
+                    task.cancel()
                 self._leaving.add(task)
-                task.add_done_callback(self._left)
+                task.add_done_callback(partial(self._left, late))
             raise
 
-    def _left(self, task: asyncio.Future[Any]) -> None:
+    def _left(self, late: Callable[[Any], None] | None, task: asyncio.Future[Any]) -> None:
         self._leaving.discard(task)
-        if not task.cancelled() and task.exception() is not None:
+        if task.cancelled():
+            return
+        if task.exception() is not None:
             log.debug("an abandoned decision ended with %r", task.exception())
+        elif late is not None:
+            late(task.result())
+
+    def _not_placed(self, result: DecideResult) -> None:
+        """A decision allowed and recorded after its caller had given up: the gate hung the
+        call up, so the record must not stand as an allowed attempt."""
+        if result.decision_id is None or result.rule is not None or result.stale:
+            return
+        log.warning("decision %s was answered after its deadline; recording it as not placed",
+                    result.decision_id)  # fmt: skip
+        task = asyncio.ensure_future(self._decisions.not_placed(result.decision_id))
+        self._leaving.add(task)
+        task.add_done_callback(partial(self._left, None))
 
     async def _refuse_other_times(self, at: datetime) -> None:
         if not self._database_clock.known:

@@ -57,12 +57,14 @@ class ListSpool:
 class Probe:
     """A decider in one fail mode on a pool of its own, and what it counted and spooled."""
 
-    def __init__(self, pool: asyncpg.Pool, fail_mode: str, deadline: float = DEADLINE) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, fail_mode: str, deadline: float = DEADLINE, batches: int = 0
+    ) -> None:
         self.registry = CollectorRegistry()
         self.spool = ListSpool()
         self.decider: Decider = make_decider(
             pool,
-            decisions=DecisionStore(pool, batches=0),
+            decisions=DecisionStore(pool, batches=batches),
             metrics=Metrics(self.registry, build_version="test"),
             fail_mode=fail_mode,
             spool=self.spool,
@@ -359,3 +361,35 @@ async def test_a_decision_recorded_too_late_and_spooled_counts_once(
     )
     assert [(r["allowed"], r["channel_id"]) for r in rows] == [(True, "ch-late")]
     await spool.stop()
+
+
+@pytest.mark.parametrize("batches", [0, 1])
+async def test_a_decision_allowed_after_its_deadline_is_recorded_as_not_placed(
+    admin: asyncpg.Pool, db_dsn: str, batches: int
+) -> None:
+    """Closed mode: the database records an allowed decision, but the answer comes after the
+    caller's deadline, and the gate hangs the call up. The record then says so: denied as
+    store_unavailable, answered late, neither an attempt nor a call up."""
+    dest = daytime_block() + "5555"
+    await admin.execute(
+        "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " PERFORM pg_sleep(0.8); RETURN NULL; END $$"
+    )
+    await admin.execute(
+        "CREATE TRIGGER slow_commit AFTER INSERT ON decisions"
+        " FOR EACH ROW EXECUTE FUNCTION slow_commit()"
+    )
+    async with own_pool(db_dsn) as pool:
+        probe = Probe(pool, "closed", batches=batches)
+        decision, took = await probe.decide()
+        assert_fail_mode_verdict(probe, "closed", decision, took)
+        deadline = time.monotonic() + 5
+        while True:
+            row = await admin.fetchrow(
+                "SELECT allowed, rule, facts FROM decisions WHERE destination = $1", dest
+            )
+            if row is not None and not row["allowed"]:
+                break
+            assert time.monotonic() < deadline, f"still {row!r}"
+            await asyncio.sleep(0.05)
+    assert row["rule"] == "store_unavailable" and row["facts"]["answered_late"] is True

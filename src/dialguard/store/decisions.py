@@ -314,6 +314,13 @@ class DecisionStore:
             OutcomeRecorded(r["recorded"], r["caller_id"], r["campaign"], r["rested"]) for r in rows
         ]
 
+    async def not_placed(self, decision_id: int) -> bool:
+        """Record an allowed decision as not placed (its caller gave up before the answer,
+        and hung the call up); the fail-closed verdict it got stands instead."""
+        async with connection(self._pool) as conn:
+            status: str = await conn.execute(q("decision_not_placed"), decision_id)
+        return status.endswith(" 1")
+
     async def database_time(self) -> datetime:
         """The database server's clock, now."""
         async with connection(self._pool) as conn:

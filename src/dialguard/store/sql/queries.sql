@@ -7,6 +7,14 @@
 SELECT decision_id, rule, nullif(facts, '{}') AS facts, stale, at, abandoned
   FROM dg_decide($1::dg_attempt[], $2::text::dg_decide_rules[], $3)
 
+-- name: decision_not_placed
+-- An allowed decision whose answer came after its caller gave up: the call was hung up as
+-- store_unavailable, so the record says so, and no longer counts as an attempt or a call up.
+UPDATE decisions
+   SET allowed = false, rule = 'store_unavailable',
+       facts = facts || '{"answered_late": true}'
+ WHERE id = $1 AND allowed
+
 -- name: database_time
 SELECT clock_timestamp()
 
