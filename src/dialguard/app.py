@@ -437,6 +437,7 @@ class Service:
         if not await self.gate.drain(self._drain_timeout):
             log.error("stopping with decisions still in flight after %.0f s", self._drain_timeout)
         await self.gate.close()
+        await self.decider.drain(2.0)
         await self.tasks.drain(2.0)
         await self.tasks.cancel_all()
         await self.supervisor.stop()

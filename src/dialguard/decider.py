@@ -217,6 +217,14 @@ class Decider:
         elif late is not None:
             late(task.result())
 
+    async def drain(self, within: float) -> None:
+        """Wait (at most ``within`` seconds) for the round trips given up at their deadline,
+        and their "not placed" records, then cancel what is left. For the owner's stop."""
+        if self._leaving:
+            await asyncio.wait(set(self._leaving), timeout=within)
+        for task in list(self._leaving):
+            task.cancel()
+
     def _not_placed(self, result: DecideResult) -> None:
         """A decision allowed and recorded after its caller had given up: the gate hung the
         call up, so the record must not stand as an allowed attempt."""
