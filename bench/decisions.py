@@ -260,7 +260,7 @@ def sql_literal(value: Any, sql_type: str) -> str:
 # dg_decide_rules' (DecideRules.row()).
 ATTEMPT_TYPES = [
     "timestamptz", "boolean", "integer", "text", "text", "text", "integer", "text", "text",
-    "text", "text", "text", "uuid", "integer",
+    "text", "text", "text", "uuid", "text", "integer",
 ]  # fmt: skip
 RULES_TYPES = [
     "boolean", "integer", "integer", "integer", "integer[]", "integer[]", "integer", "integer",
@@ -279,11 +279,11 @@ def pgbench_script(params: DecideParams, campaign_version: int, batch: int = 1) 
     fresh_first = 12010000000 + 2_000_000
     for n in range(batch):
         v = "" if batch == 1 else str(n)
-        attempt = params.attempt(1, time.monotonic())
+        attempt = params.attempt(1)
         item = [sql_literal(x, t) for x, t in zip(attempt, ATTEMPT_TYPES, strict=True)]
         item[0] = "now()"
         item[1] = "true"  # live
-        item[2] = "NULL::integer"  # no budget
+        item[2] = "NULL::timestamptz"  # no deadline
         item[3] = f"'+' || :cid{v}"
         item[4] = f"'+' || :dest{v}"
         item[5] = f"'c' || :camp{v}"

@@ -200,12 +200,15 @@ class Decider:
         try:
             with self._deadline():
                 return await asyncio.shield(task)
-        except BaseException:
+        except BaseException as exc:
             if not task.done():
-                if late is None:
+                # Past the deadline, with ``late``, the work runs on; cancelled from outside
+                # (its caller went away), it is cancelled too.
+                keep = late is not None and isinstance(exc, TimeoutError)
+                if not keep:
                     task.cancel()
                 self._leaving.add(task)
-                task.add_done_callback(partial(self._left, late))
+                task.add_done_callback(partial(self._left, late if keep else None))
             raise
 
     def _left(self, late: Callable[[Any], None] | None, task: asyncio.Future[Any]) -> None:
@@ -308,14 +311,26 @@ class Decider:
         live: bool,
         attempt_id: str | None,
     ) -> DecideResult:
-        give_up = time.monotonic() + self._deadline.seconds * _RECORD_SHARE
+        deadline = None
+        if request.record and live:
+            if not self._database_clock.known:
+                await self.sync_clock()  # the first decision of a process that never asked
+            # On the database's clock: a statement that reaches a stalled server late is still
+            # judged against when its caller gives up. (An audit's caller waits for it.)
+            deadline = self.now() + timedelta(seconds=self._deadline.seconds * _RECORD_SHARE)
         for _ in range(3):
             version, profile, rules = await self._cached(campaign)
             params = self._params(
                 request, campaign, at, destination, zones, caller, version, profile, rules
             )
             if request.record:
-                params = replace(params, live=live, give_up=give_up, attempt_id=attempt_id)
+                params = replace(
+                    params,
+                    live=live,
+                    deadline=deadline,
+                    attempt_id=attempt_id,
+                    origin=request.origin,
+                )
             result = await self._decisions.decide(params)
             if result.abandoned:
                 # The database held it past what its caller waits: nothing was recorded, and

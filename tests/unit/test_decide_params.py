@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 
 from dialguard.store.decisions import batch_rows
 from tests.support import RULES_ALL_OFF as OFF
@@ -53,15 +54,11 @@ def test_a_batch_sends_each_rules_once_and_each_item_names_its_own() -> None:
     assert [a[4] for a in attempts] == ["+12122640001", "+12122640002", "+12122640003"]
 
 
-def test_an_attempt_carries_what_its_caller_still_waits_in_milliseconds() -> None:
-    live = replace(params_all_off(), live=True, give_up=100.0)
-    attempt = live.attempt(1, now=99.75)
-    assert attempt[1:3] == (True, 250)
-    # Past its deadline: nothing left, never a negative budget.
-    assert live.attempt(1, now=101.0)[2] == 0
-    # A decision nobody waits on (an audit) has no budget.
-    assert params_all_off().attempt(1, now=99.75)[1:3] == (False, None)
-
-
-def test_the_rules_literal_holds_every_field_in_order() -> None:
-    assert OFF.literal == '"(f,,,,\\"{}\\",\\"{}\\",,,,\\"{}\\",\\"{}\\",,7200,0,)"'
+def test_an_attempt_carries_its_deadline_and_origin() -> None:
+    deadline = datetime(2026, 3, 10, 15, 0, 1, tzinfo=UTC)
+    live = replace(params_all_off(), live=True, deadline=deadline, origin="02:00:00:00:00:01/dg")
+    attempt = live.attempt(1)
+    assert attempt[1:3] == (True, deadline)
+    assert attempt[-2:] == ("02:00:00:00:00:01/dg", 1)
+    # A decision nobody waits on (an audit) has no deadline.
+    assert params_all_off().attempt(1)[1:3] == (False, None)

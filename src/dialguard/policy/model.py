@@ -64,6 +64,8 @@ class DecisionRequest:
     source: str = "api"
     channel_id: str | None = None
     as_of: bool = False
+    # The Asterisk and application that gated the call (a gate's decisions only).
+    origin: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -100,8 +99,9 @@ class DecideParams:
 
     ``live``: a call placed now, stamped by the database's clock once its locks are held (``at``
     is then the caller's estimate of that clock, which the pure checks used); otherwise the
-    decision is made as of ``at``. ``give_up``: when (``time.monotonic()``) the caller stops
-    waiting; a recorded decision still waiting for its locks then is not recorded.
+    decision is made as of ``at``. ``deadline``: when the caller stops waiting, on its estimate
+    of the database's clock; a recorded decision still waiting for its locks then is not
+    recorded. ``origin``: the Asterisk and application that gated the call, if a gate did.
     """
 
     at: datetime
@@ -117,20 +117,19 @@ class DecideParams:
     hours_facts: dict[str, Any] | None
     rules: DecideRules
     live: bool = False
-    give_up: float | None = None
+    deadline: datetime | None = None
     # In fail-open mode: the id its spooled copy would carry (see dg_attempt.attempt_id).
     attempt_id: str | None = None
+    origin: str | None = None
 
-    def attempt(self, rules: int, now: float) -> tuple[Any, ...]:
-        """The decision as a ``dg_attempt``: its time, whether it is live, the milliseconds
-        left at ``now`` (monotonic) before its caller gives up, its own values, the facts as
-        JSON text, its attempt id, then ``rules``, its rules' position (from 1) in the
-        batch's."""
-        budget = None if self.give_up is None else max(0, int((self.give_up - now) * 1000))
+    def attempt(self, rules: int) -> tuple[Any, ...]:
+        """The decision as a ``dg_attempt``: its time, whether it is live, its deadline, its
+        own values, the facts as JSON text, its attempt id and origin, then ``rules``, its
+        rules' position (from 1) in the batch's."""
         return (
             self.at,
             self.live,
-            budget,
+            self.deadline,
             self.caller_id,
             self.destination,
             self.campaign,
@@ -141,6 +140,7 @@ class DecideParams:
             None if self.pre_facts is None else json.dumps(self.pre_facts),
             None if self.hours_facts is None else json.dumps(self.hours_facts),
             self.attempt_id,
+            self.origin,
             rules,
         )
 
@@ -149,7 +149,6 @@ def batch_rows(batch: Sequence[DecideParams]) -> tuple[list[tuple[Any, ...]], st
     """A batch as the two arrays ``dg_decide`` takes: the attempts, and each distinct rules
     once, as a ``dg_decide_rules[]`` literal (campaigns whose limits are the same, each with its
     own :class:`DecideRules`, send them once)."""
-    now = time.monotonic()
     positions: dict[str, int] = {}
     rules: list[str] = []
     attempts: list[tuple[Any, ...]] = []
@@ -158,7 +157,7 @@ def batch_rows(batch: Sequence[DecideParams]) -> tuple[list[tuple[Any, ...]], st
         if position is None:
             rules.append(p.rules.literal)
             position = positions[p.rules.literal] = len(rules)
-        attempts.append(p.attempt(position, now))
+        attempts.append(p.attempt(position))
     return attempts, "{" + ",".join(rules) + "}"
 
 
@@ -320,6 +319,12 @@ class DecisionStore:
         async with connection(self._pool) as conn:
             status: str = await conn.execute(q("decision_not_placed"), decision_id)
         return status.endswith(" 1")
+
+    async def calls_up(self, origin: str, max_call_s: int) -> list[dict[str, Any]]:
+        """The calls ``origin`` allowed in the last ``max_call_s`` seconds with no outcome."""
+        async with connection(self._pool) as conn:
+            rows = await conn.fetch(q("calls_up_from"), origin, max_call_s)
+        return [dict(r.items()) for r in rows]
 
     async def database_time(self) -> datetime:
         """The database server's clock, now."""

@@ -15,6 +15,13 @@ UPDATE decisions
        facts = facts || '{"answered_late": true}'
  WHERE id = $1 AND allowed
 
+-- name: calls_up_from
+-- The calls a gate ($1: its Asterisk and application) allowed in the last $2 seconds that have
+-- no outcome yet.
+SELECT id, channel_id, campaign, caller_id, at FROM decisions
+ WHERE origin = $1 AND allowed AND outcome_at IS NULL AND channel_id IS NOT NULL
+   AND at > clock_timestamp() - make_interval(secs => $2)
+
 -- name: database_time
 SELECT clock_timestamp()
 

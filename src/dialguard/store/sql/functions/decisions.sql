@@ -62,10 +62,10 @@ LANGUAGE plpgsql AS $$
 BEGIN
     WITH ins AS (
         INSERT INTO decisions (id, at, caller_id, destination, campaign, allowed, rule, facts,
-                               source, channel_id, spool_id)
+                               source, channel_id, spool_id, origin)
         OVERRIDING SYSTEM VALUE
         SELECT r.id, r.at, r.caller_id, r.destination, r.campaign, r.allowed, r.rule, r.facts,
-               r.source, r.channel_id, r.spool_id
+               r.source, r.channel_id, r.spool_id, r.origin
           FROM unnest(p_rows) r
     )
     INSERT INTO campaign_callerids AS cc (campaign, caller_id, last_used_at)
@@ -90,8 +90,10 @@ $$;
 -- shared lock later sees the other, whatever the instances' clocks say. An item that is not
 -- live is judged as of its own at (an audit replay).
 --
--- Abandoned: an item whose budget ran out while it waited for the locks is answered with
--- abandoned = true and recorded nowhere: its caller has stopped waiting and placed no call.
+-- Abandoned: an item whose deadline passed while it waited for the locks (or for the server:
+-- the deadline is on the database's clock, not counted from the statement's arrival) is
+-- answered with abandoned = true and recorded nowhere: its caller has stopped waiting and
+-- placed no call.
 --
 -- JIT stays off: on tables without statistics (a new database) the planner's row estimates
 -- make this read look expensive enough to compile, which costs tens of milliseconds a call.
@@ -250,11 +252,10 @@ BEGIN
             CONTINUE;
         END IF;
 
-        IF p_record AND v_now > statement_timestamp() + make_interval(secs => v.budget_ms / 1000.0)
-        THEN
+        IF p_record AND v_now > v.deadline THEN
             rule := NULL;
-            facts := jsonb_build_object('waited_ms',
-                round(extract(epoch FROM v_now - statement_timestamp()) * 1000));
+            facts := jsonb_build_object('late_ms',
+                round(extract(epoch FROM v_now - v.deadline) * 1000));
             abandoned := true;
             RETURN NEXT;
             CONTINUE;
@@ -442,7 +443,7 @@ BEGIN
         IF p_record THEN
             decision_id := nextval('decisions_id_seq');
             w_row := (decision_id, v_at, v.caller, v.dest, v.campaign, v_rule IS NULL, v_rule,
-                      coalesce(v_facts, '{}'), v.source, v.channel_id, v.attempt_id);
+                      coalesce(v_facts, '{}'), v.source, v.channel_id, v.attempt_id, v.origin);
             w_rows := w_rows || w_row;
             IF v_rule IS NULL THEN
                 b_dests := b_dests || v.dest;

@@ -12,15 +12,16 @@
 --         and every allowed attempt committed before counts for it, whatever time it carries.
 --         at is then the caller's estimate of that clock (the pure checks used it).
 --   otherwise at is the decision's time "as of" (an audit replay): the attempts at or before it.
---   budget_ms: how long the caller still waits for the answer, from the statement's start; an
---         item still waiting for its locks past that is not recorded (NULL: no limit).
+--   deadline: when its caller stops waiting, on the database's clock as the caller estimates
+--         it; an item still waiting for its locks then is not recorded (NULL: no limit).
+--   origin: the Asterisk and application that gated the call (see decisions.origin).
 --   attempt_id: in fail-open mode, the id the call is spooled under should its caller give up
 --         before the answer comes: recorded in decisions.spool_id, so that the decision and its
 --         spooled copy count once.
 CREATE TYPE dg_attempt AS (
     at               timestamptz,
     live             boolean,
-    budget_ms        integer,
+    deadline         timestamptz,
     caller           text,
     dest             text,
     campaign         text,
@@ -31,6 +32,7 @@ CREATE TYPE dg_attempt AS (
     pre_facts        text,
     hours_facts      text,
     attempt_id       uuid,
+    origin           text,
     rules            integer
 );
 
@@ -46,5 +48,11 @@ CREATE TYPE dg_decision_row AS (
     facts        jsonb,
     source       text,
     channel_id   text,
-    spool_id     uuid
+    spool_id     uuid,
+    origin       text
 );
+
+-- Which Asterisk (its entity id) and ARI application gated a call: the instance that gated it
+-- finds the calls it left up again after a restart, and records the end of those that ended
+-- meanwhile, unheard. NULL for decisions no gate made.
+ALTER TABLE decisions ADD COLUMN origin text;
