@@ -283,6 +283,11 @@ class Decider:
             callable_at=callable_at(rule, facts),
         )
 
+    async def calls_up(self, origin: str, within_s: int) -> list[dict[str, Any]]:
+        """The calls ``origin`` (a gate) allowed in the last ``within_s`` seconds that have no
+        outcome yet."""
+        return await self._decisions.calls_up(origin, within_s)
+
     async def profile_for(self, campaign: str) -> tuple[int, Profile]:
         version, profile, _ = await self._cached(campaign)
         return version, profile

@@ -60,6 +60,7 @@ class AriCommands(Protocol):
 class Decide(Protocol):
     async def decide(self, request: DecisionRequest) -> Decision: ...
     async def recall(self, channel_id: str) -> Decision | None: ...
+    async def calls_up(self, origin: str, within_s: int) -> list[dict[str, Any]]: ...
 
 
 class GateMetrics(Protocol):
@@ -137,6 +138,7 @@ class Gate:
         self._metrics = metrics
         self._tasks = tasks
         self._deciding: set[str] = set()
+        self._origin: str | None = None
         self._connected = False
         self._subscribed = False
         self._reconciled = False
@@ -196,10 +198,40 @@ class Gate:
             self._metrics.ari_connected(False)
 
     async def _after_connect(self) -> None:
+        await self._until_done("ari_identify", "asking Asterisk who it is", self._identify)
         await asyncio.gather(
             self._until_done("ari_subscribe", "subscribing to the trunks", self._subscribe),
             self._until_done("ari_reconcile", "reconciling parked channels", self._reconcile_all),
+            self._until_done("calls_up", "checking the calls left up", self._check_calls_up),
         )
+
+    async def _identify(self) -> None:
+        """This gate's origin, recorded with its decisions: the Asterisk (its entity id) and
+        the application. Several Asterisks may share one database, and one Asterisk several
+        applications."""
+        info = await self._ari.request("GET", "/asterisk/info")
+        entity = (info.get("system") or {}).get("entity_id") if isinstance(info, dict) else None
+        self._origin = f"{entity or self._config.app}/{self._config.app}"
+
+    async def _check_calls_up(self) -> None:
+        """The calls this gate allowed that have no outcome yet: those that ended while it did
+        not listen (a dropped websocket, a restart) get their end recorded, unheard, so that
+        none counts as up for hours; those still up are followed to their end."""
+        assert self._origin is not None
+        rows = await self._decider.calls_up(self._origin, self._outcomes.max_age_s)
+        if not rows and not self._outcomes.calls_tracked:
+            return
+        present = {str(c.get("id")) for c in await self._ari.list_channels()}
+        ended, followed = self._outcomes.reconcile(rows, present)
+        for channel_id in followed:
+            if self._config.follow_allowed_channels:
+                await self._ari.subscribe(f"channel:{channel_id}")
+        if ended or followed:
+            log.warning(
+                "calls left up: %d ended unheard (recorded as ended), %d still up (followed)",
+                ended,
+                len(followed),
+            )
 
     async def _until_done(self, task: str, what: str, step: Callable[[], Awaitable[None]]) -> None:
         """Run ``step`` until it succeeds, pausing with jittered backoff after each failure."""
@@ -357,6 +389,7 @@ class Gate:
                 campaign=campaign or None,
                 source="gate",
                 channel_id=channel.id,
+                origin=self._origin,
             )
         )
         self.decided += 1

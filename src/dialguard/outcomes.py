@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from dialguard.policy.codes import Outcome, RestReason
@@ -246,6 +246,51 @@ class OutcomeTracker:
             if self._metrics is not None:
                 self._metrics.dialplan_misconfigured()
         self._finish(call, None, cause, tech_cause, at)
+
+    @property
+    def max_age_s(self) -> int:
+        return int(self._max_age)
+
+    @property
+    def calls_tracked(self) -> int:
+        """Allowed calls followed to their end now."""
+        return len(self._allowed)
+
+    def reconcile(
+        self, rows: Sequence[Mapping[str, Any]], present: set[str]
+    ) -> tuple[int, list[str]]:
+        """Square the calls up with the channels Asterisk has (``present``), after a time of
+        not listening. ``rows``: the allowed decisions with no outcome (``id``, ``channel_id``,
+        ``campaign``, ``caller_id``). A call none of whose channels is left ended unheard: its
+        end is recorded now, with no cause. One still up and not tracked (the process
+        restarted) is tracked from here. Returns how many ended, and the channels to follow.
+        """
+        now = datetime.now(UTC)
+        ended = 0
+        for channel_id, call in list(self._allowed.items()):
+            if channel_id in present or (call.trunk_channel or "") in present:
+                continue
+            del self._allowed[channel_id]
+            if call.trunk_channel:
+                self._trunk.pop(call.trunk_channel, None)
+            self._finish(call, None, None, None, now)
+            ended += 1
+        followed: list[str] = []
+        for row in rows:
+            channel_id = str(row["channel_id"])
+            if channel_id in self._allowed or channel_id in self._trunk:
+                continue
+            call = _Allowed(
+                channel_id, int(row["id"]), str(row["campaign"]), str(row["caller_id"]),
+                self._clock(),
+            )  # fmt: skip
+            if channel_id in present:
+                self._allowed[channel_id] = call
+                followed.append(channel_id)
+            else:
+                self._finish(call, None, None, None, now)
+                ended += 1
+        return ended, followed
 
     def expire(self) -> int:
         now = self._clock()

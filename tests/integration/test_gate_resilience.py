@@ -223,3 +223,51 @@ async def test_parked_channel_decided_before_a_crash_gets_that_decision_not_a_ne
         assert verdict_of(fake, _stasis_id(call)) == "allow"
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM decisions") == 1
+
+
+async def test_calls_left_up_across_a_restart_get_their_end_recorded(
+    pool: asyncpg.Pool, fake: FakeAsterisk, tmp_path: Path
+) -> None:
+    """One instance allows two calls and goes away without a word (as a SIGKILL leaves it).
+    One call ends while nobody listens; the other is still up when a new instance connects.
+    The new instance records the first as ended, unheard, and follows the second to its end:
+    neither counts as a call up afterwards."""
+    await CallerIdStore(pool).add("+12125550100", None)
+    async with running_service(pool, fake, tmp_path) as service:
+        short = await fake.originate_outbound(
+            "2122641234", CALLER, outcome=Outcome.answered(seconds=0.6)
+        )
+        long = await fake.originate_outbound(
+            "2122641235", CALLER, outcome=Outcome.answered(seconds=3.0)
+        )
+        for call in (short, long):
+            await fake.wait_for(lambda c=call: verdict_of(fake, _stasis_id(c)) == "allow")
+    # The instance is gone, and what it knew of the two calls with it.
+
+    async def up() -> list[str]:
+        rows = await pool.fetch(
+            "SELECT destination FROM decisions WHERE allowed AND outcome_at IS NULL"
+        )
+        return sorted(r["destination"] for r in rows)
+
+    assert await up() == ["+12122641234", "+12122641235"]
+    await asyncio.sleep(0.8)  # the short call ends while nobody listens
+    async with running_service(pool, fake, tmp_path) as service:
+        assert service.gate.ready
+        await _poll_async(lambda: up(), lambda v: v == ["+12122641235"])
+        ended = await pool.fetchrow(
+            "SELECT outcome, cause FROM decisions WHERE destination = '+12122641234'"
+        )
+        assert (ended["outcome"], ended["cause"]) == ("failed", None)
+        # The long call, followed from here, ends in sight: its outcome comes from Asterisk.
+        await _poll_async(lambda: up(), lambda v: v == [], within=10.0)
+
+
+async def _poll_async(probe: Any, done: Any, within: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        value = await probe()
+        if done(value):
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"still {value!r}"
+        await asyncio.sleep(0.05)
