@@ -59,6 +59,7 @@ class FailOpenSpool(Protocol):
         source: str,
         channel_id: str | None,
         spool_id: str | None = None,
+        origin: str | None = None,
     ) -> None: ...
 
 
@@ -435,7 +436,9 @@ class Decider:
                 Verdict.ALLOW, None, "allowed in fail-open mode: " + error, **common
             )
             if self._spool is not None:
-                self._spool.append(decision, request.source, request.channel_id, attempt_id)
+                self._spool.append(
+                    decision, request.source, request.channel_id, attempt_id, request.origin
+                )
             if self._metrics is not None:
                 self._metrics.fail_open_decision()
             return decision

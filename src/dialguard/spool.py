@@ -90,6 +90,7 @@ class Spool:
         source: str,
         channel_id: str | None,
         spool_id: str | None = None,
+        origin: str | None = None,
     ) -> None:
         """Queue one decision for the disk; :meth:`durable` tells when it got there.
 
@@ -103,6 +104,7 @@ class Spool:
             "campaign": decision.campaign,
             "source": source,
             "channel_id": channel_id,
+            "origin": origin,
         }
         self._enqueue(json.dumps(record) + "\n")
 
@@ -317,6 +319,7 @@ def _read(
                         campaign=r["campaign"],
                         source=r["source"],
                         channel_id=r.get("channel_id"),
+                        origin=r.get("origin"),
                     )
                 )
             except (ValueError, KeyError, TypeError, AttributeError):

@@ -50,6 +50,7 @@ class ListSpool:
         source: str,
         channel_id: str | None,
         spool_id: str | None = None,
+        origin: str | None = None,
     ) -> None:
         self.spooled.append(decision)
 

@@ -88,6 +88,10 @@ async def _check_queries(prometheus: RunningPrometheus) -> None:
         if not await prometheus.query(substitute(expr)):
             empty.append(f"panel {panel}: {expr}")
     for alert, expr in ALERT_EXPRESSIONS.items():
+        if 'mode="broadcast"' in expr:
+            # The demo is one instance in stasis mode: an alert about a broadcast group has no
+            # series here (tests/system/test_dashboard_queries.py drives it).
+            continue
         if not await prometheus.query(vector_part(expr)):
             empty.append(f"alert {alert}: {vector_part(expr)}")
     assert not empty, "queries without data:\n" + "\n".join(empty)

@@ -375,6 +375,8 @@ class SpooledDecision:
     campaign: str
     source: str
     channel_id: str | None
+    # The Asterisk and application that gated the call (decisions.origin).
+    origin: str | None = None
 
 
 async def insert_spooled(pool: asyncpg.Pool, rows: list[SpooledDecision]) -> None:
@@ -389,6 +391,7 @@ async def insert_spooled(pool: asyncpg.Pool, rows: list[SpooledDecision]) -> Non
             [r.campaign for r in rows],
             [r.source for r in rows],
             [r.channel_id for r in rows],
+            [r.origin for r in rows],
         )
 
 

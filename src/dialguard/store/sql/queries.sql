@@ -158,11 +158,12 @@ SELECT prefix AS value, campaign, source, reason, expires_at, 'prefix' AS kind
 -- Calls allowed in fail-open mode, written back; a row already written is skipped.
 WITH spooled AS (
     INSERT INTO decisions (at, caller_id, destination, campaign, allowed, rule, facts, source,
-                           channel_id, spool_id)
+                           channel_id, spool_id, origin)
     SELECT s.at, s.caller_id, s.destination, s.campaign, true, NULL,
-           '{"fail_open": true}'::jsonb, s.source, s.channel_id, s.spool_id
+           '{"fail_open": true}'::jsonb, s.source, s.channel_id, s.spool_id, s.origin
       FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
-                  $7::text[]) AS s(spool_id, at, caller_id, destination, campaign, source, channel_id)
+                  $7::text[], $8::text[])
+           AS s(spool_id, at, caller_id, destination, campaign, source, channel_id, origin)
     -- A decision that reached the database under the same id (its answer came too late) is
     -- the same call: it counts once, and as placed, since the call went out.
     ON CONFLICT (spool_id) WHERE spool_id IS NOT NULL DO UPDATE
