@@ -465,7 +465,7 @@ class Service:
         loop = asyncio.get_running_loop()
         next_prune = 0.0
         while True:
-            for step in (self._expire_outcomes, self._refresh_gauges):
+            for step in (self._expire_outcomes, self._refresh_gauges, self._settle_calls_up):
                 await self._housekeeping_step(step)
             due = self.settings.database.retention is not None and loop.time() >= next_prune
             if due and await self._housekeeping_step(self._prune):
@@ -490,6 +490,11 @@ class Service:
 
     async def _expire_outcomes(self) -> None:
         self.outcomes.expire()
+
+    async def _settle_calls_up(self) -> None:
+        # Calls written back from the spool after the connect, or left by anything else that
+        # was not listening, are squared with Asterisk's channels each round too.
+        await self.gate.check_calls_up()
 
     async def _refresh_gauges(self) -> None:
         self.metrics.set_callerid_states(await self.stores.callerids.state_counts())

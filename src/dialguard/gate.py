@@ -202,8 +202,11 @@ class Gate:
         await asyncio.gather(
             self._until_done("ari_subscribe", "subscribing to the trunks", self._subscribe),
             self._until_done("ari_reconcile", "reconciling parked channels", self._reconcile_all),
-            self._until_done("calls_up", "checking the calls left up", self._check_calls_up),
+            self._until_done("calls_up", "checking the calls left up", self._settle_after_connect),
         )
+
+    async def _settle_after_connect(self) -> None:
+        await self.check_calls_up(after_connect=True)
 
     async def _identify(self) -> None:
         """This gate's origin, recorded with its decisions: the Asterisk (its entity id) and
@@ -213,16 +216,18 @@ class Gate:
         entity = (info.get("system") or {}).get("entity_id") if isinstance(info, dict) else None
         self._origin = f"{entity or self._config.app}/{self._config.app}"
 
-    async def _check_calls_up(self) -> None:
+    async def check_calls_up(self, *, after_connect: bool = False) -> None:
         """The calls this gate allowed that have no outcome yet: those that ended while it did
-        not listen (a dropped websocket, a restart) get their end recorded, unheard, so that
-        none counts as up for hours; those still up are followed to their end."""
-        assert self._origin is not None
+        not listen (a dropped websocket, a restart, a spool written back late) get their end
+        recorded, unheard, so that none counts as up for hours; those still up are followed
+        to their end. Runs after each connect, and from the owner's housekeeping."""
+        if self._origin is None or not self._connected:
+            return
         rows = await self._decider.calls_up(self._origin, self._outcomes.max_age_s)
         if not rows and not self._outcomes.calls_tracked:
             return
         present = {str(c.get("id")) for c in await self._ari.list_channels()}
-        ended, followed = self._outcomes.reconcile(rows, present)
+        ended, followed = self._outcomes.reconcile(rows, present, tracked=after_connect)
         for channel_id in followed:
             if self._config.follow_allowed_channels:
                 await self._ari.subscribe(f"channel:{channel_id}")

@@ -125,6 +125,9 @@ class OutcomeTracker:
         self._allowed: dict[str, _Allowed] = {}
         self._trunk: dict[str, _TrunkLeg] = {}
         self._unlinked: dict[str, _UnlinkedTrunk] = {}
+        # Calls whose end this process saw and handed to the sink (which may still be writing
+        # it, or have spooled it): never settled again as ended unheard. Channel -> when.
+        self._finished: dict[str, float] = {}
 
     def allowed(
         self, channel_id: str, decision_id: int | None, campaign: str, caller_id: str
@@ -257,17 +260,20 @@ class OutcomeTracker:
         return len(self._allowed)
 
     def reconcile(
-        self, rows: Sequence[Mapping[str, Any]], present: set[str]
+        self, rows: Sequence[Mapping[str, Any]], present: set[str], *, tracked: bool = True
     ) -> tuple[int, list[str]]:
         """Square the calls up with the channels Asterisk has (``present``), after a time of
         not listening. ``rows``: the allowed decisions with no outcome (``id``, ``channel_id``,
         ``campaign``, ``caller_id``). A call none of whose channels is left ended unheard: its
         end is recorded now, with no cause. One still up and not tracked (the process
         restarted) is tracked from here. Returns how many ended, and the channels to follow.
+        With ``tracked`` the calls tracked here are squared too.
         """
         now = datetime.now(UTC)
         ended = 0
-        for channel_id, call in list(self._allowed.items()):
+        # The calls tracked here are squared only after a time of not listening (``tracked``):
+        # while events flow, their own ChannelDestroyed tells their end, with its cause.
+        for channel_id, call in list(self._allowed.items()) if tracked else ():
             if channel_id in present or (call.trunk_channel or "") in present:
                 continue
             del self._allowed[channel_id]
@@ -280,6 +286,8 @@ class OutcomeTracker:
             channel_id = str(row["channel_id"])
             if channel_id in self._allowed or channel_id in self._trunk:
                 continue
+            if channel_id in self._finished:
+                continue  # its outcome is on its way
             call = _Allowed(
                 channel_id, int(row["id"]), str(row["campaign"]), str(row["caller_id"]),
                 self._clock(),
@@ -300,6 +308,8 @@ class OutcomeTracker:
             call = self._allowed.pop(cid)
             if call.trunk_channel:
                 self._trunk.pop(call.trunk_channel, None)
+        for cid in [c for c, seen in self._finished.items() if seen < cutoff]:
+            del self._finished[cid]
         forgotten = [
             cid
             for cid, early in self._unlinked.items()
@@ -329,6 +339,8 @@ class OutcomeTracker:
         at: datetime,
     ) -> None:
         outcome = classify(answered, cause, sip_code)
+        if call.channel_id:
+            self._finished[call.channel_id] = self._clock()
         if self._metrics is not None:
             self._metrics.call_outcome(outcome.value, call.campaign, call.caller_id)
             label = rejection_label(cause, sip_code)
