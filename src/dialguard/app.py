@@ -283,6 +283,7 @@ class Service:
                 destination_from=gate.destination_from,
                 enforce_gate=gate.enforce_gate,
                 follow_allowed_channels=not subscribe_all,
+                events=HANDLED_EVENTS | {"CallBroadcast"},
             ),
             self.decider,
             self.ari,
@@ -322,7 +323,7 @@ class Service:
             on_disconnect=events.on_disconnect,
             subscribe_all=subscribe_all,
             session=self._session,
-            types=HANDLED_EVENTS | {"CallBroadcast"},
+            types=self.gate.events,
         )
         self.proxy: AriProxy | None = None
         if settings.proxy.listen is not None:

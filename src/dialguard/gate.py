@@ -16,10 +16,16 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from dialguard.ari.client import (
+    AriRequest,
+    continue_request,
+    hangup_request,
+    set_variable_request,
+)
 from dialguard.ari.errors import (
     AriError,
     AriUnavailable,
@@ -47,14 +53,15 @@ log = logging.getLogger(__name__)
 
 
 class AriCommands(Protocol):
-    async def continue_in_dialplan(self, channel_id: str, *, label: str | None = None) -> None: ...
     async def hangup(self, channel_id: str, *, reason_code: int | None = None) -> None: ...
-    async def set_variable(self, channel_id: str, name: str, value: str) -> None: ...
     async def list_channels(self) -> list[dict[str, Any]]: ...
     async def subscribe(self, event_source: str) -> dict[str, Any]: ...
+    async def filter_events(self, allowed: Iterable[str]) -> dict[str, Any]: ...
+    def subscribe_request(self, event_source: str) -> AriRequest: ...
     async def request(
         self, method: str, path: str, params: Any = None, *, channel_id: str | None = None
     ) -> Any: ...
+    async def request_in_order(self, requests: Sequence[AriRequest]) -> list[Any | AriError]: ...
 
 
 class Decide(Protocol):
@@ -75,6 +82,20 @@ class SpoolBarrier(Protocol):
     """The fail-open spool, as far as the gate waits for it."""
 
     async def durable(self, within: float | None = None) -> bool: ...
+
+
+# The event types Gate.on_event acts on. Asterisk is asked to send only these (and those of the
+# owner's own, see GateConfig.events); the listener drops any other unparsed.
+HANDLED_EVENTS = frozenset(
+    {
+        "StasisStart",
+        "Dial",
+        "ChannelStateChange",
+        "ChannelCreated",
+        "ChannelDestroyed",
+        "ApplicationReplaced",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,19 +120,10 @@ class GateConfig:
     reconcile_concurrency: int = 8
     # How long a fail-open allow waits for its spool line to reach the disk before it goes on.
     spool_wait: float = 1.0
-
-
-# The event types Gate.on_event acts on; the listener drops the rest unparsed.
-HANDLED_EVENTS = frozenset(
-    {
-        "StasisStart",
-        "Dial",
-        "ChannelStateChange",
-        "ChannelCreated",
-        "ChannelDestroyed",
-        "ApplicationReplaced",
-    }
-)
+    # The event types the application asks Asterisk for (its eventFilter). The rest (a
+    # ChannelVarset for every variable a dialplan or a SIP channel sets, ChannelDialplan for
+    # every step: five in six of what a gated call brings) never cross the websocket.
+    events: frozenset[str] = HANDLED_EVENTS
 
 
 class Gate:
@@ -152,6 +164,11 @@ class Gate:
         self._linked_trunks: set[str] = set()
         self._trunks_up: set[str] = set()
         self.decided = 0
+
+    @property
+    def events(self) -> frozenset[str]:
+        """The event types this gate asks Asterisk for."""
+        return self._config.events
 
     # -- readiness ----------------------------------------------------------------------------
 
@@ -266,9 +283,23 @@ class Gate:
 
     async def _subscribe(self) -> None:
         # Subscribing is idempotent: a retry asks for every trunk again.
+        await self._filter_events()
         for trunk in self._config.trunks:
             await self._ari.subscribe(f"endpoint:{trunk}")
         self._subscribed = True
+
+    async def _filter_events(self) -> None:
+        try:
+            await self._ari.filter_events(self._config.events)
+        except AriUnavailable:
+            raise  # retried
+        except AriError as exc:
+            # An Asterisk older than 16.3 has no filter: the listener drops the rest itself.
+            log.warning(
+                "Asterisk refused the event filter (%s): every event of the application's"
+                " channels comes over the websocket and is dropped here",
+                exc,
+            )
 
     async def _reconcile_all(self) -> None:
         """Decide every channel parked in our Stasis app, oldest first, a few at a time."""
@@ -398,7 +429,7 @@ class Gate:
             )
         )
         self.decided += 1
-        log.info(
+        log.debug(
             "channel %s: %s %s (%s)",
             channel.id,
             decision.verdict.value,
@@ -414,20 +445,56 @@ class Gate:
             await self._deny(channel, decision)
 
     async def _allow(self, channel: Channel, decision: Decision) -> None:
-        await asyncio.gather(
-            self._ari.set_variable(channel.id, "DIALGUARD_DECISION", "allow"),
-            self._ari.set_variable(
-                channel.id, "DIALGUARD_DECISION_ID", str(decision.decision_id or "")
-            ),
-            self._spooled(channel, decision),
-            self._follow(channel),
-        )
+        await self._spooled(channel, decision)
         # Fail-open decisions have no id yet, but the call is allowed all the same: tracked, so
         # the bypass detector leaves its trunk leg alone.
         self._outcomes.allowed(
             channel.id, decision.decision_id, decision.campaign, decision.caller_id
         )
-        await self._ari.continue_in_dialplan(channel.id, label=self._config.allow_label)
+        requests = [
+            set_variable_request(channel.id, "DIALGUARD_DECISION", "allow"),
+            set_variable_request(
+                channel.id, "DIALGUARD_DECISION_ID", str(decision.decision_id or "")
+            ),
+        ]
+        if self._config.follow_allowed_channels:
+            requests.append(self._ari.subscribe_request(f"channel:{channel.id}"))
+        await self._command(
+            channel, requests, continue_request(channel.id, label=self._config.allow_label)
+        )
+
+    async def _deny(self, channel: Channel, decision: Decision) -> None:
+        rule = decision.rule.value if decision.rule else ""
+        requests = [
+            set_variable_request(channel.id, "DIALGUARD_DECISION", "deny"),
+            set_variable_request(channel.id, "DIALGUARD_RULE", rule),
+        ]
+        if self._config.deny_label:
+            verdict = continue_request(channel.id, label=self._config.deny_label)
+        else:
+            verdict = hangup_request(channel.id, reason_code=self._config.deny_cause)
+        await self._command(channel, requests, verdict)
+
+    async def _command(
+        self, channel: Channel, before: list[AriRequest], verdict: AriRequest
+    ) -> None:
+        """Send the verdict's variables (and subscription) and the verdict itself in one
+        pipelined exchange: Asterisk acts on them in order, so the variables are set when the
+        dialplan goes on, for one round trip. The verdict's own error is raised; a failure of
+        what goes before is logged, since the verdict stands without it (only the channel's
+        variables, or the allowed call's outcome, may then be missing)."""
+        *answers, outcome = await self._ari.request_in_order([*before, verdict])
+        if isinstance(outcome, AriError):
+            raise outcome
+        for request, answer in zip(before, answers, strict=True):
+            if isinstance(answer, AriError):
+                log.warning(
+                    "channel %s: %s %s failed before the verdict went through: %s",
+                    channel.id,
+                    request.method,
+                    request.path,
+                    answer,
+                )
 
     async def _spooled(self, channel: Channel, decision: Decision) -> None:
         """A fail-open allow (no decision id) goes on once its spool line is on disk."""
@@ -440,26 +507,6 @@ class Gate:
                 channel.id,
                 self._config.spool_wait,
             )
-
-    async def _follow(self, channel: Channel) -> None:
-        if not self._config.follow_allowed_channels:
-            return
-        try:
-            await self._ari.subscribe(f"channel:{channel.id}")
-        except AriError as exc:
-            # The call goes on: only its outcome may then go unrecorded.
-            log.warning("channel %s: could not follow the allowed call: %s", channel.id, exc)
-
-    async def _deny(self, channel: Channel, decision: Decision) -> None:
-        rule = decision.rule.value if decision.rule else ""
-        await asyncio.gather(
-            self._ari.set_variable(channel.id, "DIALGUARD_DECISION", "deny"),
-            self._ari.set_variable(channel.id, "DIALGUARD_RULE", rule),
-        )
-        if self._config.deny_label:
-            await self._ari.continue_in_dialplan(channel.id, label=self._config.deny_label)
-        else:
-            await self._ari.hangup(channel.id, reason_code=self._config.deny_cause)
 
     async def _misconfigured(self, channel: Channel, exc: DialplanTargetNotFound) -> None:
         """A label dialguard continues to is missing from the dialplan: say so and fail closed."""

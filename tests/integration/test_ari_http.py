@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from dialguard.ari import AriClient, AriUnavailable
+from dialguard.ari import AriClient, AriUnavailable, ChannelGone
+from dialguard.ari.client import continue_request, hangup_request, set_variable_request
 from dialguard.ari.http import HttpPool, HttpTransportError
 
 Answer = Callable[[bytes], bytes | None]
@@ -144,6 +145,94 @@ async def test_a_closed_pool_refuses_requests() -> None:
     await pool.close()
     with pytest.raises(HttpTransportError):
         await pool.request(b"GET / HTTP/1.1\r\n\r\n")
+
+
+async def test_requests_in_order_are_written_at_once_and_answered_in_order() -> None:
+    """The server reads all three requests before it answers any: a client that waited for
+    each answer before the next request would stall here."""
+    heads: list[bytes] = []
+    connections = 0
+    answers = [
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b'HTTP/1.1 404 Not Found\r\nContent-Length: 27\r\n\r\n{"message": "Channel gone"}',
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n[7]\n\r\n0\r\n\r\n",
+    ]
+
+    async def serve_three(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        for _ in answers:
+            heads.append(await reader.readuntil(b"\r\n\r\n"))
+        for answer in answers:
+            writer.write(answer)
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(serve_three, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with AriClient(f"http://127.0.0.1:{port}/ari", "u", "p", "app", timeout=2) as ari:
+            results = await ari.request_in_order(
+                [
+                    set_variable_request("1.2", "DIALGUARD_DECISION", "allow"),
+                    set_variable_request("1.3", "DIALGUARD_RULE", "blacklisted"),
+                    continue_request("1.2", label="allowed"),
+                ]
+            )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert connections == 1
+    assert [h.split(b"\r\n")[0] for h in heads] == [
+        b"POST /ari/channels/1.2/variable?variable=DIALGUARD_DECISION&value=allow HTTP/1.1",
+        b"POST /ari/channels/1.3/variable?variable=DIALGUARD_RULE&value=blacklisted HTTP/1.1",
+        b"POST /ari/channels/1.2/continue?label=allowed HTTP/1.1",
+    ]
+    assert results[0] is None
+    assert isinstance(results[1], ChannelGone) and results[1].channel_id == "1.3"
+    assert results[2] == [7]
+
+
+async def test_requests_in_order_left_unanswered_fail_alone_and_the_next_exchange_reconnects() -> (
+    None
+):
+    answered = 0
+
+    def answer_one_then_close(head: bytes) -> bytes | None:
+        nonlocal answered
+        answered += 1
+        return b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n" if answered != 2 else None
+
+    async with serve(answer_one_then_close) as (server, port):
+        async with AriClient(f"http://127.0.0.1:{port}/ari", "u", "p", "app", timeout=2) as ari:
+            first, second = await ari.request_in_order(
+                [
+                    set_variable_request("1.2", "DIALGUARD_DECISION", "deny"),
+                    hangup_request("1.2", reason_code=21),
+                ]
+            )
+            assert first is None
+            assert isinstance(second, AriUnavailable) and second.channel_id == "1.2"
+            assert await ari.request_in_order([continue_request("1.4")]) == [None]
+        assert server.connections == 2
+
+
+async def test_requests_in_order_on_an_idle_connection_the_server_dropped_go_again_whole() -> None:
+    answered = 0
+
+    def answer_once_per_connection(head: bytes) -> bytes | None:
+        nonlocal answered
+        answered += 1
+        return ok() if answered % 2 == 1 else None
+
+    async with serve(answer_once_per_connection) as (server, port):
+        async with AriClient(f"http://127.0.0.1:{port}/ari", "u", "p", "app", timeout=2) as ari:
+            assert await ari.request("GET", "/channels") == {"ok": True}
+            # The kept connection is closed unanswered: nothing was acted on, so both go again.
+            results = await ari.request_in_order([continue_request("1.2"), continue_request("1.3")])
+        assert results[0] == {"ok": True}
+        assert isinstance(results[1], AriUnavailable)
+        assert server.connections == 2
 
 
 def test_the_client_runs_on_uvloop() -> None:

@@ -20,6 +20,7 @@ from dialguard.testing import Call, FakeAsterisk
 from tests.integration.test_gate import CALLER, _stasis_id
 
 SUBSCRIPTION = "/applications/dialguard/subscription"
+EVENT_FILTER = "/applications/dialguard/eventFilter"
 
 
 @pytest.fixture
@@ -128,6 +129,40 @@ async def test_readiness_waits_for_the_subscription(
         await fake.wait_for(lambda: verdict_seq(fake, _stasis_id(call)), timeout=5.0)
         fake.fail_requests("POST", SUBSCRIPTION, 0)
         await fake.wait_for(lambda: service.gate.ready, timeout=10.0)
+
+
+async def test_the_event_filter_is_retried_while_asterisk_is_unavailable(
+    pool: asyncpg.Pool, fake: FakeAsterisk, tmp_path: Path, registered: None
+) -> None:
+    fake.fail_requests("PUT", EVENT_FILTER, 2, status=503)
+    async with started(pool, fake, tmp_path) as service:
+        await fake.wait_for(lambda: service.gate.ready, timeout=10.0)
+        attempts = [r.status for r in fake.requests if r.path == EVENT_FILTER]
+        assert attempts == [503, 503, 200]
+        auth = {"Authorization": aiohttp.encode_basic_auth("dialguard", "dialguard")}
+        async with (
+            aiohttp.ClientSession(headers=auth) as session,
+            session.get(f"{fake.base_url}/applications/dialguard") as response,
+        ):
+            application = await response.json()
+    assert {e["type"] for e in application["events_allowed"]} == service.gate.events
+
+
+async def test_an_asterisk_without_the_event_filter_is_served_all_the_same(
+    pool: asyncpg.Pool,
+    fake: FakeAsterisk,
+    tmp_path: Path,
+    registered: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Asterisk before 16.3 has no eventFilter resource: 404, and every event type comes in.
+    fake.fail_requests("PUT", EVENT_FILTER, 1_000_000, status=404)
+    async with started(pool, fake, tmp_path) as service:
+        await fake.wait_for(lambda: service.gate.ready, timeout=10.0)
+        call = await fake.originate_outbound("2122649999", CALLER)
+        await fake.wait_for(lambda: verdict_seq(fake, _stasis_id(call)), timeout=5.0)
+    assert "Asterisk refused the event filter" in caplog.text
+    assert background_errors(service, "ari_subscribe") == 0
 
 
 async def test_a_failing_reconciliation_is_retried_and_the_parked_call_decided(

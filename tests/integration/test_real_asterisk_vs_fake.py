@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import asyncpg
+import orjson
 import pytest
 
 from dialguard.store.blacklist import BlacklistStore
@@ -152,6 +153,36 @@ async def test_allowed_call_sets_the_variables_dials_the_carrier_and_records_the
     assert found["DIALGUARD_DECISION_ID"] == str(row["id"])
     assert dialed_carrier(pbx, channel)
     assert (row["campaign"], row["outcome"], row["cause"]) == ("spring", "answered", 16)
+
+
+async def test_the_application_hears_only_the_event_types_the_gate_acts_on(
+    pool: asyncpg.Pool, pbx: Pbx, tmp_path: Path, registered: None
+) -> None:
+    heard: list[str] = []
+    async with gate_on(pool, pbx, tmp_path) as service:
+        listener = service.listener
+        handle = listener._handle_text
+
+        def counting(text: str) -> None:
+            heard.append(str(orjson.loads(text).get("type")))
+            handle(text)
+
+        listener._handle_text = counting  # type: ignore[method-assign]
+        auth = {"Authorization": aiohttp.encode_basic_auth(pbx.username, pbx.password)}
+        async with (
+            aiohttp.ClientSession(headers=auth) as session,
+            session.get(f"{pbx.base_url}/applications/dialguard") as response,
+        ):
+            application = await response.json()
+        channel = await pbx.place("2122641", hold=0.2)
+        row = await outcome_of(pool, channel)
+        await destroyed_cause(pbx, channel)
+    assert sorted(e["type"] for e in application["events_allowed"]) == sorted(service.gate.events)
+    # The observer heard the call's variables being set; the gate's application did not.
+    assert variables(pbx, channel)["DIALGUARD_DECISION"] == "allow"
+    assert "StasisStart" in heard and "ChannelDestroyed" in heard
+    assert set(heard) <= service.gate.events, set(heard) - service.gate.events
+    assert row["outcome"] == "answered"
 
 
 async def test_busy_carrier_is_recorded_with_its_sip_code(

@@ -11,15 +11,16 @@ import asyncio
 import base64
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
 import orjson
 from yarl import URL
 
-from dialguard.ari.errors import AriConflict, AriUnavailable, error_from_response
-from dialguard.ari.http import HttpPool, HttpTransportError
+from dialguard.ari.errors import AriConflict, AriError, AriUnavailable, error_from_response
+from dialguard.ari.http import HttpPool, HttpResponse, HttpTransportError
 
 log = logging.getLogger(__name__)
 
@@ -133,19 +134,31 @@ class AriClient:
             async with asyncio.timeout(self._timeout):
                 response = await self._pool.request(data)
         except (HttpTransportError, TimeoutError, OSError) as exc:
-            log.warning("ARI %s %s failed: %s", method, path, type(exc).__name__)
-            raise AriUnavailable(
-                f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
-                channel_id=channel_id,
-            ) from exc
-        status = response.status
-        body = _parse_body(status, response.body)
-        if status >= 400:
-            error = error_from_response(status, body, channel_id=channel_id)
-            log.debug("ARI %s %s -> %s %s", method, path, status, error.message)
-            raise error
-        log.debug("ARI %s %s -> %s", method, path, status)
-        return body
+            raise _unavailable(method, path, exc, channel_id) from exc
+        return _answer(method, path, response, channel_id)
+
+    async def request_in_order(self, requests: Sequence[AriRequest]) -> list[Any | AriError]:
+        """Send requests pipelined on one connection, in one write: Asterisk acts on them in
+        this order, and they cost one round trip. Each request's parsed answer, or the error it
+        raised (as :meth:`request` would), in the same order; nothing raises but a timeout or a
+        failure before the first answer (AriUnavailable)."""
+        data = [self._serialise(r.method, r.path, r.params, None) for r in requests]
+        first = requests[0] if requests else None
+        try:
+            async with asyncio.timeout(self._timeout):
+                answers = await self._pool.request_in_order(data)
+        except (HttpTransportError, TimeoutError, OSError) as exc:
+            assert first is not None
+            raise _unavailable(first.method, first.path, exc, first.channel_id) from exc
+        results: list[Any | AriError] = []
+        for request, answer in zip(requests, answers, strict=True):
+            try:
+                if isinstance(answer, HttpTransportError):
+                    raise _unavailable(request.method, request.path, answer, request.channel_id)
+                results.append(_answer(request.method, request.path, answer, request.channel_id))
+            except AriError as exc:
+                results.append(exc)
+        return results
 
     def _serialise(self, method: str, path: str, params: Params | None, json: Any) -> bytes:
         if method not in _METHODS:
@@ -182,11 +195,10 @@ class AriClient:
         label. Beware: an unknown context/extension is accepted (204) and the channel then
         dies with cause 0; Asterisk does not tell.
         """
-        await self.request(
-            "POST",
-            f"/channels/{_seg(channel_id)}/continue",
-            {"label": label, "context": context, "extension": extension, "priority": priority},
-            channel_id=channel_id,
+        await self.send(
+            continue_request(
+                channel_id, label=label, context=context, extension=extension, priority=priority
+            )
         )
 
     async def hangup(
@@ -200,22 +212,16 @@ class AriClient:
 
         Never both: Asterisk refuses the pair with 400, so this raises ValueError first.
         """
-        if reason_code is not None and reason is not None:
-            raise ValueError("give reason_code or reason, not both")
-        await self.request(
-            "DELETE",
-            f"/channels/{_seg(channel_id)}",
-            {"reason_code": reason_code, "reason": reason},
-            channel_id=channel_id,
-        )
+        await self.send(hangup_request(channel_id, reason_code=reason_code, reason=reason))
 
     async def set_variable(self, channel_id: str, name: str, value: str) -> None:
         """Set a channel variable (the channel must be in Stasis, else NotInStasis)."""
-        await self.request(
-            "POST",
-            f"/channels/{_seg(channel_id)}/variable",
-            {"variable": name, "value": value},
-            channel_id=channel_id,
+        await self.send(set_variable_request(channel_id, name, value))
+
+    async def send(self, request: AriRequest) -> Any:
+        """Send one request made by the ``*_request`` functions below."""
+        return await self.request(
+            request.method, request.path, request.params, channel_id=request.channel_id
         )
 
     async def get_channel(self, channel_id: str) -> dict[str, Any]:
@@ -292,16 +298,74 @@ class AriClient:
         Subscriptions belong to the application, which Asterisk drops with its last websocket:
         call this again after every (re)connect.
         """
-        result = await self.request(
-            "POST",
-            f"/applications/{_seg(self.app)}/subscription",
-            {"eventSource": event_source},
+        return _expect_dict(await self.send(self.subscribe_request(event_source)))
+
+    def subscribe_request(self, event_source: str) -> AriRequest:
+        return AriRequest(
+            "POST", f"/applications/{_seg(self.app)}/subscription", {"eventSource": event_source}
         )
+
+    async def filter_events(self, allowed: Iterable[str]) -> dict[str, Any]:
+        """Ask Asterisk to send our application only these event types (PUT eventFilter,
+        Asterisk 13.26+ and 16.3+). The filter belongs to the application, as its subscriptions
+        do: set it again after every (re)connect."""
+        body = {"allowed": [{"type": t} for t in sorted(allowed)], "disallowed": []}
+        result = await self.request("PUT", f"/applications/{_seg(self.app)}/eventFilter", json=body)
         return _expect_dict(result)
 
     async def get_application(self) -> dict[str, Any]:
         """Our application's state; AriNotFound while no websocket holds it."""
         return _expect_dict(await self.request("GET", f"/applications/{_seg(self.app)}"))
+
+
+@dataclass(frozen=True, slots=True)
+class AriRequest:
+    """One REST request, built but not sent: for :meth:`AriClient.request_in_order`.
+
+    ``channel_id`` names the channel it acts on, so that its 404 becomes ChannelGone."""
+
+    method: str
+    path: str
+    params: Params | None = None
+    channel_id: str | None = None
+
+
+def set_variable_request(channel_id: str, name: str, value: str) -> AriRequest:
+    return AriRequest(
+        "POST",
+        f"/channels/{_seg(channel_id)}/variable",
+        {"variable": name, "value": value},
+        channel_id,
+    )
+
+
+def continue_request(
+    channel_id: str,
+    *,
+    label: str | None = None,
+    context: str | None = None,
+    extension: str | None = None,
+    priority: int | None = None,
+) -> AriRequest:
+    return AriRequest(
+        "POST",
+        f"/channels/{_seg(channel_id)}/continue",
+        {"label": label, "context": context, "extension": extension, "priority": priority},
+        channel_id,
+    )
+
+
+def hangup_request(
+    channel_id: str, *, reason_code: int | None = None, reason: HangupReason | None = None
+) -> AriRequest:
+    if reason_code is not None and reason is not None:
+        raise ValueError("give reason_code or reason, not both")
+    return AriRequest(
+        "DELETE",
+        f"/channels/{_seg(channel_id)}",
+        {"reason_code": reason_code, "reason": reason},
+        channel_id,
+    )
 
 
 def _seg(value: str) -> str:
@@ -331,6 +395,28 @@ def _encode_query(params: Params | None) -> str:
         text = ("true" if value else "false") if isinstance(value, bool) else str(value)
         parts.append(f"{quote(key, safe='')}={quote(text, safe='/:,@')}")
     return "&".join(parts)
+
+
+def _unavailable(
+    method: str, path: str, exc: BaseException, channel_id: str | None
+) -> AriUnavailable:
+    log.warning("ARI %s %s failed: %s", method, path, type(exc).__name__)
+    return AriUnavailable(
+        f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+        channel_id=channel_id,
+    )
+
+
+def _answer(method: str, path: str, response: HttpResponse, channel_id: str | None) -> Any:
+    """The parsed body of a 2xx answer; the named error of any other."""
+    status = response.status
+    body = _parse_body(status, response.body)
+    if status >= 400:
+        error = error_from_response(status, body, channel_id=channel_id)
+        log.debug("ARI %s %s -> %s %s", method, path, status, error.message)
+        raise error
+    log.debug("ARI %s %s -> %s", method, path, status)
+    return body
 
 
 def _parse_body(status: int, body: bytes) -> Any:

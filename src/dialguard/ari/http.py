@@ -1,10 +1,15 @@
 """A small HTTP/1.1 keep-alive client for ARI REST, on asyncio protocols.
 
-ARI requests are tiny and many (three per gated call), so the general-purpose client's per-request
-machinery (URL objects, header multidicts, tracing hooks, response objects) cost more CPU than
-the exchange itself. This client speaks only what ARI needs: one request at a time per
+ARI requests are tiny and many (several per gated call), so the general-purpose client's
+per-request machinery (URL objects, header multidicts, tracing hooks, response objects) cost more
+CPU than the exchange itself. This client speaks only what ARI needs: one exchange at a time per
 connection, a body sized by Content-Length (chunked answers are read too), keep-alive reuse
 from a small pool, and a fresh connection when the server closed an idle one under us.
+
+An exchange may pipeline several requests (HTTP/1.1, RFC 9112 section 9.3.2): a gated call's
+variables and verdict go in one write, and Asterisk, which reads one connection's requests one
+after the other, acts on them in that order. That is one round trip and one write instead of
+one each per request; on a virtual machine the system calls are most of a request's cost.
 
 Errors: every transport failure raises :class:`HttpTransportError`; the caller turns it into a
 named ARI error. Timeouts are the caller's (``asyncio.timeout`` around :meth:`HttpPool.request`):
@@ -17,6 +22,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -39,16 +45,20 @@ class HttpResponse:
 
 
 class _Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection carrying one exchange at a time."""
+    """One TCP (or TLS) connection carrying one exchange at a time.
+
+    An exchange may hold several requests, written at once (HTTP/1.1 pipelining): the server
+    answers them in order, one after the other, on the same connection.
+    """
 
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        self._waiter: asyncio.Future[HttpResponse] | None = None
+        # One future per request written and not yet answered, in the order written.
+        self._waiters: deque[asyncio.Future[HttpResponse]] = deque()
         self._status = 0
         self._length = -1  # body bytes expected; -1 while unknown, -2 chunked, -3 until close
         self._head_end = -1
-        self._body_parts: list[bytes] = []
         self.keep_alive = True
         self.closed = False
         self.idle_since = 0.0
@@ -60,43 +70,47 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None:
+        if not self._waiters:
             # Nothing was asked: a server talking out of turn. The connection is unusable.
             self.close()
             return
         self._buffer += data
         try:
-            self._advance()
+            while self._waiters and self._buffer and self._advance():
+                pass
         except HttpTransportError as exc:
             self._fail(exc)
             self.close()
 
     def eof_received(self) -> bool | None:
-        if self._waiter is not None and self._length == -3 and self._head_end >= 0:
-            self._complete(bytes(self._buffer[self._head_end :]))
+        if self._waiters and self._length == -3 and self._head_end >= 0:
+            self._complete(bytes(self._buffer[self._head_end :]), len(self._buffer))
         return None  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._waiter is not None and not self._waiter.done():
-            if self._length == -3 and self._head_end >= 0:
-                self._complete(bytes(self._buffer[self._head_end :]))
-            elif not self._buffer:
-                self._fail(_ClosedBeforeAnswer("connection closed before the answer"))
-            else:
-                self._fail(HttpTransportError("connection closed in the middle of the answer"))
+        if not self._waiters:
+            return
+        if self._length == -3 and self._head_end >= 0:
+            self._complete(bytes(self._buffer[self._head_end :]), len(self._buffer))
+        if self._buffer or self._head_end >= 0:
+            self._fail(HttpTransportError("connection closed in the middle of the answer"))
+        else:
+            self._fail(_ClosedBeforeAnswer("connection closed before the answer"))
 
     # -- exchange -----------------------------------------------------------------------------
 
-    def exchange(self, request: bytes) -> asyncio.Future[HttpResponse]:
-        """Send one whole request; the future resolves with the whole answer."""
-        assert self._transport is not None and self._waiter is None
-        self._waiter = asyncio.get_running_loop().create_future()
+    def exchange(self, requests: Sequence[bytes]) -> list[asyncio.Future[HttpResponse]]:
+        """Send whole requests in one write; each future resolves with its whole answer."""
+        assert self._transport is not None and not self._waiters
+        loop = asyncio.get_running_loop()
+        waiters = [loop.create_future() for _ in requests]
+        self._waiters.extend(waiters)
         self._buffer.clear()
         self._head_end = -1
         self._length = -1
-        self._transport.write(request)
-        return self._waiter
+        self._transport.write(b"".join(requests))
+        return waiters
 
     def close(self) -> None:
         self.closed = True
@@ -108,22 +122,26 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def _advance(self) -> None:
+    def _advance(self) -> bool:
+        """Read the answer at the front of the buffer; True once it was whole and handed over."""
         buffer = self._buffer
         if self._head_end < 0:
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(buffer) > MAX_HEAD_BYTES:
                     raise HttpTransportError("response head too large")
-                return
+                return False
             self._read_head(bytes(buffer[:end]).decode("latin-1"))
             self._head_end = end + 4
         if self._length >= 0:
-            if len(buffer) - self._head_end >= self._length:
-                start = self._head_end
-                self._complete(bytes(buffer[start : start + self._length]))
-        elif self._length == -2:
-            self._read_chunks()
+            stop = self._head_end + self._length
+            if len(buffer) < stop:
+                return False
+            self._complete(bytes(buffer[self._head_end : stop]), stop)
+            return True
+        if self._length == -2:
+            return self._read_chunks()
+        return False  # the body runs until the server closes
 
     def _read_head(self, head: str) -> None:
         lines = head.split("\r\n")
@@ -155,13 +173,13 @@ class _Connection(asyncio.Protocol):
             self.keep_alive = False  # the body runs until the server closes
         self._length = length
 
-    def _read_chunks(self) -> None:
+    def _read_chunks(self) -> bool:
         buffer, position = self._buffer, self._head_end
         parts: list[bytes] = []
         while True:
             line_end = buffer.find(b"\r\n", position)
             if line_end < 0:
-                return
+                return False
             size_text = bytes(buffer[position:line_end]).split(b";", 1)[0].strip()
             try:
                 size = int(size_text, 16)
@@ -170,25 +188,30 @@ class _Connection(asyncio.Protocol):
             if size == 0:
                 # No trailers from ARI: the terminating CRLF follows at once.
                 if len(buffer) < line_end + 4:
-                    return
-                self._complete(b"".join(parts))
-                return
+                    return False
+                self._complete(b"".join(parts), line_end + 4)
+                return True
             start = line_end + 2
             if len(buffer) < start + size + 2:
-                return
+                return False
             parts.append(bytes(buffer[start : start + size]))
             position = start + size + 2
 
-    def _complete(self, body: bytes) -> None:
-        waiter, self._waiter = self._waiter, None
-        self._buffer.clear()
-        if waiter is not None and not waiter.done():
+    def _complete(self, body: bytes, consumed: int) -> None:
+        """Hand the front answer over and drop its ``consumed`` bytes; the next may follow."""
+        del self._buffer[:consumed]
+        self._head_end = -1
+        self._length = -1
+        waiter = self._waiters.popleft()
+        if not waiter.done():
             waiter.set_result(HttpResponse(self._status, body))
 
     def _fail(self, exc: HttpTransportError) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+        """Fail every request still unanswered: after a broken answer, none can be read."""
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(exc)
 
 
 class HttpPool:
@@ -218,18 +241,31 @@ class HttpPool:
 
     async def request(self, data: bytes) -> HttpResponse:
         """Send one serialised request and return the answer (HttpTransportError on failure)."""
+        (answer,) = await self.request_in_order([data])
+        if isinstance(answer, HttpTransportError):
+            raise answer
+        return answer
+
+    async def request_in_order(
+        self, requests: Sequence[bytes]
+    ) -> list[HttpResponse | HttpTransportError]:
+        """Send serialised requests on one connection in one write (pipelined), so the server
+        acts on them in this order; their answers, or the failure of each one left unanswered.
+
+        A failure before the first answer raises HttpTransportError, as :meth:`request` does.
+        """
         if self._closed:
             raise HttpTransportError("client closed")
         async with self._slots:
             conn = self._take_idle()
             if conn is None:
-                return await self._exchange(await self._connect(), data)
+                return await self._exchange(await self._connect(), requests)
             try:
-                return await self._exchange(conn, data)
+                return await self._exchange(conn, requests)
             except _ClosedBeforeAnswer:
                 # The server dropped the idle connection as we wrote: nothing was processed,
                 # since no answer began. Once more on a fresh connection.
-                return await self._exchange(await self._connect(), data)
+                return await self._exchange(await self._connect(), requests)
 
     async def close(self) -> None:
         self._closed = True
@@ -259,16 +295,31 @@ class HttpPool:
             raise HttpTransportError(f"{type(exc).__name__}: {exc}") from exc
         return conn
 
-    async def _exchange(self, conn: _Connection, data: bytes) -> HttpResponse:
+    async def _exchange(
+        self, conn: _Connection, requests: Sequence[bytes]
+    ) -> list[HttpResponse | HttpTransportError]:
+        waiters = conn.exchange(requests)
+        answers: list[HttpResponse | HttpTransportError] = []
         try:
-            response = await conn.exchange(data)
+            for waiter in waiters:
+                try:
+                    answers.append(await waiter)
+                except _ClosedBeforeAnswer as exc:
+                    if not answers:
+                        raise
+                    answers.append(HttpTransportError(str(exc)))
+                except HttpTransportError as exc:
+                    answers.append(exc)
         except BaseException:
             # A failure, a timeout or a cancellation: what is left on the wire is unknown.
+            for waiter in waiters:
+                waiter.cancel()
             conn.abort()
             raise
-        if conn.keep_alive and not conn.closed and not self._closed:
+        failed = any(isinstance(answer, HttpTransportError) for answer in answers)
+        if conn.keep_alive and not failed and not conn.closed and not self._closed:
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
         else:
             conn.close()
-        return response
+        return answers

@@ -3,8 +3,10 @@
 Routing follows Asterisk: a socket opened with subscribeAll=true sees every channel event; any
 other socket sees events of channels in its application's Stasis, of channels it subscribed to,
 and of channels on endpoints it subscribed to ("endpoint:PJSIP/carrier"). StasisStart and
-StasisEnd go only to the application concerned. A second socket for the same name replaces the
-first, which gets ApplicationReplaced and then nothing, and is not closed.
+StasisEnd go only to the application concerned. An application's eventFilter (allowed and
+disallowed types) applies to everything it is sent, as Asterisk's does. A second socket for the
+same name replaces the first, which gets ApplicationReplaced and then nothing, and is not
+closed.
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ class App:
     name: str
     socket: AppSocket
     sources: set[str] = field(default_factory=set)
+    # The eventFilter's lists of types; an empty allowed list allows every type.
+    allowed: frozenset[str] = frozenset()
+    disallowed: frozenset[str] = frozenset()
+
+    def sends(self, event_type: str) -> bool:
+        if event_type in self.disallowed:
+            return False
+        return not self.allowed or event_type in self.allowed
 
     def wants(self, channel: FakeChannel) -> bool:
         if self.socket.subscribe_all or channel.stasis_app == self.name:
@@ -64,8 +74,7 @@ class App:
                 "bridge_ids": ["__AST_BRIDGE_ALL_TOPIC"],
                 "endpoint_ids": ["__AST_ENDPOINT_ALL_TOPIC"],
                 "device_names": ["__AST_DEVICE_STATE_ALL_TOPIC"],
-                "events_allowed": [],
-                "events_disallowed": [],
+                **self._filter_json(),
             }
         by_scheme: dict[str, list[str]] = {scheme: [] for scheme in EVENT_SOURCE_SCHEMES}
         for source in sorted(self.sources):
@@ -77,8 +86,13 @@ class App:
             "bridge_ids": by_scheme["bridge:"],
             "endpoint_ids": by_scheme["endpoint:"],
             "device_names": by_scheme["deviceState:"],
-            "events_allowed": [],
-            "events_disallowed": [],
+            **self._filter_json(),
+        }
+
+    def _filter_json(self) -> dict[str, list[dict[str, str]]]:
+        return {
+            "events_allowed": [{"type": t} for t in sorted(self.allowed)],
+            "events_disallowed": [{"type": t} for t in sorted(self.disallowed)],
         }
 
 
@@ -123,7 +137,7 @@ class AppRegistry:
         """Send a channel event to every application interested in one of `channels`."""
         related = list(channels)
         for app in list(self.apps.values()):
-            if any(app.wants(ch) for ch in related):
+            if app.sends(event["type"]) and any(app.wants(ch) for ch in related):
                 await self._send(app.socket, event)
 
     async def send_to_app(self, name: str, event: dict[str, Any]) -> bool:
@@ -131,7 +145,8 @@ class AppRegistry:
         app = self.apps.get(name)
         if app is None:
             return False
-        await self._send(app.socket, event)
+        if app.sends(event["type"]):
+            await self._send(app.socket, event)
         return True
 
     async def send_raw(self, name: str, text: str) -> bool:

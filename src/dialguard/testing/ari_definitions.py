@@ -128,6 +128,10 @@ class AriDefinitions:
         if body is not None:
             if not isinstance(body, dict):
                 violations.append(Violation("JSON body is not an object"))
+            elif (whole := _whole_body(op, body)) is not None:
+                # Every key belongs to the one body parameter (eventFilter's "filter": the
+                # body is {"allowed": [...]}), which Asterisk reads from the body as a whole.
+                supplied.setdefault(whole, body)
             else:
                 # Asterisk reads any parameter from a JSON body as well as from the query.
                 for key, value in body.items():
@@ -147,6 +151,15 @@ class AriDefinitions:
             if problem is not None:
                 violations.append(Violation(problem, p.name))
         return violations
+
+
+def _whole_body(op: Operation, body: dict[str, Any]) -> str | None:
+    """The body parameter a JSON body stands for as a whole: when the operation has one and
+    none of the body's keys names a parameter."""
+    named = next((p.name for p in op.params if p.kind == "body"), None)
+    if named is None or any(op.param(key) is not None for key in body):
+        return None
+    return named
 
 
 def _shape(path: str) -> tuple[str, int]:

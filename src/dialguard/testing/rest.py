@@ -292,6 +292,29 @@ async def unsubscribe(pbx: Pbx, path: dict[str, str], params: dict[str, Any]) ->
     return 200, _app_json(pbx, app)
 
 
+async def filter_events(pbx: Pbx, path: dict[str, str], params: dict[str, Any]) -> Reply:
+    """As res_ari_applications: a list given replaces that list, one left out is kept, and an
+    empty body empties both."""
+    app = pbx.apps.get(path["applicationName"])
+    if app is None:
+        return _APP_NOT_FOUND
+    lists: dict[str, frozenset[str]] = {}
+    for key in ("allowed", "disallowed"):
+        if key not in params:
+            continue
+        entries = params[key]
+        if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and isinstance(e.get("type"), str) for e in entries
+        ):
+            return _error(400, f'Invalid {key} filter: a list of {{"type": name}} objects')
+        lists[key] = frozenset(e["type"] for e in entries)
+    if not lists:
+        lists = {"allowed": frozenset(), "disallowed": frozenset()}
+    app.allowed = lists.get("allowed", app.allowed)
+    app.disallowed = lists.get("disallowed", app.disallowed)
+    return 200, _app_json(pbx, app)
+
+
 # -- system and endpoints ---------------------------------------------------------------------
 
 
@@ -348,6 +371,7 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     ("/applications/{applicationName}", "get"): get_application,
     ("/applications/{applicationName}/subscription", "subscribe"): subscribe,
     ("/applications/{applicationName}/subscription", "unsubscribe"): unsubscribe,
+    ("/applications/{applicationName}/eventFilter", "filter"): filter_events,
     ("/asterisk/info", "getInfo"): get_info,
     ("/asterisk/ping", "ping"): ping,
     ("/endpoints", "list"): list_endpoints,
