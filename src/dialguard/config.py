@@ -151,7 +151,7 @@ _SCHEMA: dict[tuple[str, str], tuple[Any, str]] = {
     ("ari", "password"): ("", "str"),
     ("ari", "app"): ("dialguard", "str"),
     ("ari", "trunks"): (["PJSIP/carrier"], "list"),
-    ("ari", "subscribe_all"): (True, "bool"),
+    ("ari", "subscribe_all"): (False, "bool"),
     ("gate", "fail_mode"): ("closed", "failmode"),
     ("gate", "decision_deadline"): ("500ms", "seconds"),
     ("gate", "deny_cause"): (21, "cause"),

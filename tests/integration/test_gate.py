@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -118,7 +119,15 @@ async def test_denied_call_is_hung_up_with_cause_21_and_rule_variable(
     pool: asyncpg.Pool, fake: FakeAsterisk, tmp_path: Path, registered: None
 ) -> None:
     await BlacklistStore(pool).add_number("+12122641234")
-    async with running_service(pool, fake, tmp_path):
+    auth = {"Authorization": aiohttp.encode_basic_auth("dialguard", "dialguard")}
+    async with (
+        running_service(pool, fake, tmp_path),
+        aiohttp.ClientSession(headers=auth) as session,
+        # A channel hung up in Stasis ends after it left the application: only an observer
+        # that hears every channel sees it destroyed.
+        session.ws_connect(f"{fake.base_url}/events?app=observer&subscribeAll=true"),
+    ):
+        await fake.wait_for(lambda: fake.app_connected("observer"))
         call = await fake.originate_outbound("2122641234", CALLER)
         stasis = _stasis_id(call)
         hangups = await fake.wait_for(lambda: hangups_of(fake, stasis))

@@ -44,7 +44,7 @@ EVERY_KEY: dict[tuple[str, str], tuple[str, Any, Getter]] = {
     ("ari", "password"): ("s3cret", "s3cret", lambda s: s.ari.password),
     ("ari", "app"): ("gate", "gate", lambda s: s.ari.app),
     ("ari", "trunks"): ("PJSIP/a, PJSIP/b", ("PJSIP/a", "PJSIP/b"), lambda s: s.ari.trunks),
-    ("ari", "subscribe_all"): ("false", False, lambda s: s.ari.subscribe_all),
+    ("ari", "subscribe_all"): ("true", True, lambda s: s.ari.subscribe_all),
     ("gate", "fail_mode"): ("open", "open", lambda s: s.gate.fail_mode),
     ("gate", "decision_deadline"): ("2s", 2.0, lambda s: s.gate.decision_deadline),
     ("gate", "deny_cause"): ("17", 17, lambda s: s.gate.deny_cause),
