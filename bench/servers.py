@@ -93,7 +93,9 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
     return total
 
 
-async def measure(name: str, admin_url: str, decisions: int, clients: list[int]) -> list[Measured]:
+async def measure(
+    name: str, admin_url: str, decisions: int, clients: list[int], spacing: float = 0.0
+) -> list[Measured]:
     database = f"dg_servers_{os.getpid()}"
     admin = await asyncpg.connect(admin_url)
     await admin.execute(f"DROP DATABASE IF EXISTS {database}")
@@ -131,6 +133,8 @@ async def measure(name: str, admin_url: str, decisions: int, clients: list[int])
                     began = time.perf_counter()
                     await decider.decide(request)
                     latencies.append((time.perf_counter() - began) * 1000)
+                    if spacing:
+                        await asyncio.sleep(spacing)
 
             await client(20, [])  # warm-up: plans and caches
             cpu_before = cpu_seconds(processes + server_processes_new(processes))
@@ -174,11 +178,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--decisions", type=int, default=2000, help="a measurement")
     parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16])
+    parser.add_argument(
+        "--spacing-ms",
+        type=float,
+        default=0.0,
+        help="each client rests this long after each decision, as a gate between calls does"
+        " (default 0: back to back)",
+    )
     args = parser.parse_args()
     debian = os.environ.get("DIALGUARD_TEST_DSN")
     if not debian:
         parser.error("run it under scripts/debian-postgres (DIALGUARD_TEST_DSN names the server)")
     results: list[Measured] = []
+    spacing = args.spacing_ms / 1000
     tmp = Path(tempfile.mkdtemp(prefix="dialguard-bench-"))
     # As root the embedded server runs as its own user, which must pass through the folder.
     tmp.chmod(0o711)
@@ -186,12 +198,12 @@ def main() -> None:
         embedded = EmbeddedPostgres(tmp / "pgdata")
         url = embedded.start()
         try:
-            results += asyncio.run(measure("embedded", url, args.decisions, args.clients))
+            results += asyncio.run(measure("embedded", url, args.decisions, args.clients, spacing))
         finally:
             embedded.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    results += asyncio.run(measure("debian", debian, args.decisions, args.clients))
+    results += asyncio.run(measure("debian", debian, args.decisions, args.clients, spacing))
     print(
         "| server | PostgreSQL | jit | clients | decisions/s | p50 ms | p99 ms "
         "| server CPU ms a decision |"
