@@ -241,6 +241,36 @@ async def test_requests_in_order_on_an_idle_connection_the_server_dropped_go_aga
         ]
 
 
+async def test_requests_in_order_read_answers_that_arrive_a_byte_at_a_time() -> None:
+    answers = (
+        b"HTTP/1.1 204 No Content\r\n\r\n"
+        + ok(b'{"id": "1.2"}')
+        + b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[]\r\n0\r\n\r\n"
+    )
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(3):
+            await reader.readuntil(b"\r\n\r\n")
+        for i in range(len(answers)):
+            writer.write(answers[i : i + 1])
+            await writer.drain()
+            await asyncio.sleep(0)
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with AriClient(f"http://127.0.0.1:{port}/ari", "u", "p", "app", timeout=2) as ari:
+            results = await ari.request_in_order(
+                [continue_request("1.2"), continue_request("1.3"), continue_request("1.4")]
+            )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert results == [None, {"id": "1.2"}, []]
+
+
 def test_the_client_runs_on_uvloop() -> None:
     # `dialguard serve` runs on uvloop, whose transports are not asyncio's classes.
     uvloop = pytest.importorskip("uvloop")

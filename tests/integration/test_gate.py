@@ -115,6 +115,41 @@ async def test_allowed_call_is_continued_with_channel_variables_and_its_outcome_
     assert fake.protocol_violations == []
 
 
+async def test_a_variable_that_fails_to_set_leaves_the_allowed_call_going_and_is_logged(
+    pool: asyncpg.Pool,
+    fake: FakeAsterisk,
+    tmp_path: Path,
+    registered: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The variables go in one pipelined write with the continue: the first one fails, and
+    # the verdict stands without it.
+    fake.fail_requests("POST", "/channels/*/variable", 1, status=500)
+    fake.set_outcome("2122641234", Outcome.answered(0.1))
+    async with running_service(pool, fake, tmp_path):
+        call = await fake.originate_outbound("2122641234", CALLER)
+        stasis = _stasis_id(call)
+        continued = await fake.wait_for(
+            lambda: [r for r in fake.requests if r.path == f"/channels/{stasis}/continue"]
+        )
+        sets = [r for r in fake.requests if r.path == f"/channels/{stasis}/variable"]
+        assert [(r.query["variable"], r.status) for r in sets] == [
+            ("DIALGUARD_DECISION", 500),
+            ("DIALGUARD_DECISION_ID", 204),
+        ]
+        # In the order written: both sets before the continue.
+        assert max(r.seq for r in sets) < continued[0].seq
+        fetch = decisions_where(pool)
+
+        async def outcome() -> Any:
+            (row,) = await fetch("SELECT outcome FROM decisions")
+            return row if row["outcome"] else None
+
+        row = await _poll(outcome)
+    assert row["outcome"] == "answered"
+    assert f"channel {stasis}: POST /channels/{stasis}/variable failed" in caplog.text
+
+
 async def test_denied_call_is_hung_up_with_cause_21_and_rule_variable(
     pool: asyncpg.Pool, fake: FakeAsterisk, tmp_path: Path, registered: None
 ) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import fnmatch
 import hmac
 import json
 import logging
@@ -227,9 +228,19 @@ class FakeAsterisk:
             self._delays[channel_id] = seconds
 
     def fail_requests(self, method: str, path: str, times: int, *, status: int = 500) -> None:
-        """Answer the next `times` requests of `method` to `path` (e.g. "/channels") with
-        `status`, as an Asterisk in trouble would, before they reach the simulation."""
+        """Answer the next `times` requests of `method` to `path` (e.g. "/channels", or a
+        pattern such as "/channels/*/variable") with `status`, as an Asterisk in trouble would,
+        before they reach the simulation."""
         self._failures[(method.upper(), path)] = [times, status]
+
+    def _failure_for(self, method: str, path: str) -> list[int] | None:
+        exact = self._failures.get((method, path))
+        if exact is not None:
+            return exact
+        for (failing_method, pattern), failure in self._failures.items():
+            if failing_method == method and "*" in pattern and fnmatch.fnmatchcase(path, pattern):
+                return failure
+        return None
 
     async def originate_outbound(
         self,
@@ -408,7 +419,7 @@ class FakeAsterisk:
         if not self._authorized(request):
             return self._answer(request, path, query, body, 401, _AUTH_REQUIRED)
         await self._delay_for(path)
-        failure = self._failures.get((request.method, path))
+        failure = self._failure_for(request.method, path)
         if failure is not None and failure[0] > 0:
             failure[0] -= 1
             return self._answer(request, path, query, body, failure[1], {"message": "Failed"})
