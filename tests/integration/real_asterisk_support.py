@@ -21,6 +21,7 @@ import pytest
 
 from dialguard.app import Service, Stores
 from dialguard.config import load_settings
+from dialguard.testing.polling import poll_until
 from dialguard.testing.real_asterisk import RealAsterisk, skip_reason
 
 T = TypeVar("T")
@@ -103,12 +104,7 @@ async def gate_on(
 
 
 async def poll(check: Callable[[], T | None], within: float = 10.0) -> T:
-    async with asyncio.timeout(within):
-        while True:
-            result = check()
-            if result:
-                return result
-            await asyncio.sleep(0.02)
+    return await poll_until(check, within, 0.02)
 
 
 async def poll_async(check: Callable[[], Awaitable[T | None]], within: float = 10.0) -> T:

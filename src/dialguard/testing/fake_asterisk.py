@@ -29,6 +29,7 @@ from dialguard.testing.ari_definitions import AriDefinitions, MethodNotAllowed, 
 from dialguard.testing.channels import Call, FakeChannel, Via
 from dialguard.testing.outcomes import Outcome
 from dialguard.testing.pbx import Pbx, PbxConfig
+from dialguard.testing.polling import poll_until
 from dialguard.testing.records import ProtocolViolation, RecordedRequest, SentEvent
 from dialguard.testing.records import Sequence as Counter
 from dialguard.testing.rest import SELF_CHECKED, handler_for
@@ -193,12 +194,7 @@ class FakeAsterisk:
         interval: float = 0.005,
     ) -> T:
         """Poll `predicate` until it returns something truthy; return it. TimeoutError after."""
-        async with asyncio.timeout(timeout):
-            while True:
-                result = predicate()
-                if result:
-                    return result
-                await asyncio.sleep(interval)
+        return await poll_until(predicate, timeout, interval)
 
     async def wait_for_event(
         self,

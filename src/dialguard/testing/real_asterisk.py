@@ -52,6 +52,8 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from dialguard.testing.polling import poll_until
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -356,12 +358,7 @@ class EventLog:
         interval: float = 0.01,
     ) -> T:
         """Poll `predicate` until it returns something truthy; return it. TimeoutError after."""
-        async with asyncio.timeout(timeout):
-            while True:
-                result = predicate()
-                if result:
-                    return result
-                await asyncio.sleep(interval)
+        return await poll_until(predicate, timeout, interval)
 
     async def wait_for_event(
         self,
