@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -67,6 +67,22 @@ async def serve(answer: Answer) -> AsyncIterator[tuple[ScriptedServer, int]]:
         yield server, await server.start()
     finally:
         await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def raw_server(
+    handle: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[AriClient]:
+    """A client of a server that runs `handle` on each connection, for exchanges the
+    scripted server, which answers each request as it reads it, cannot play."""
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with AriClient(f"http://127.0.0.1:{port}/ari", "u", "p", "app", timeout=2) as ari:
+            yield ari
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_requests_reuse_one_kept_alive_connection() -> None:
@@ -168,20 +184,14 @@ async def test_requests_in_order_are_written_at_once_and_answered_in_order() -> 
         writer.close()
         await writer.wait_closed()
 
-    server = await asyncio.start_server(serve_three, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with AriClient(f"http://127.0.0.1:{port}/ari", "u", "p", "app", timeout=2) as ari:
-            results = await ari.request_in_order(
-                [
-                    set_variable_request("1.2", "DIALGUARD_DECISION", "allow"),
-                    set_variable_request("1.3", "DIALGUARD_RULE", "blacklisted"),
-                    continue_request("1.2", label="allowed"),
-                ]
-            )
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with raw_server(serve_three) as ari:
+        results = await ari.request_in_order(
+            [
+                set_variable_request("1.2", "DIALGUARD_DECISION", "allow"),
+                set_variable_request("1.3", "DIALGUARD_RULE", "blacklisted"),
+                continue_request("1.2", label="allowed"),
+            ]
+        )
     assert connections == 1
     assert [h.split(b"\r\n")[0] for h in heads] == [
         b"POST /ari/channels/1.2/variable?variable=DIALGUARD_DECISION&value=allow HTTP/1.1",
@@ -258,16 +268,10 @@ async def test_requests_in_order_read_answers_that_arrive_a_byte_at_a_time() -> 
         writer.close()
         await writer.wait_closed()
 
-    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with AriClient(f"http://127.0.0.1:{port}/ari", "u", "p", "app", timeout=2) as ari:
-            results = await ari.request_in_order(
-                [continue_request("1.2"), continue_request("1.3"), continue_request("1.4")]
-            )
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with raw_server(trickle) as ari:
+        results = await ari.request_in_order(
+            [continue_request("1.2"), continue_request("1.3"), continue_request("1.4")]
+        )
     assert results == [None, {"id": "1.2"}, []]
 
 
