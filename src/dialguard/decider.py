@@ -223,9 +223,15 @@ class Decider:
 
     async def drain(self, within: float) -> None:
         """Wait (at most ``within`` seconds) for the round trips given up at their deadline,
-        and their "not placed" records, then cancel what is left. For the owner's stop."""
-        if self._leaving:
-            await asyncio.wait(set(self._leaving), timeout=within)
+        and their "not placed" records, then cancel what is left. For the owner's stop.
+
+        A round trip that ends late starts its "not placed" record as it ends: that record is
+        waited for too, else a stop would cancel it and leave a hung-up call standing as an
+        allowed attempt."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + within
+        while self._leaving and (remaining := until - loop.time()) > 0:
+            await asyncio.wait(set(self._leaving), timeout=remaining)
         for task in list(self._leaving):
             task.cancel()
 
