@@ -245,15 +245,18 @@ class Gate:
             return
         present = {str(c.get("id")) for c in await self._ari.list_channels()}
         ended, followed = self._outcomes.reconcile(rows, present, tracked=after_connect)
-        for channel_id in followed:
-            if self._config.follow_allowed_channels:
+        if self._config.follow_allowed_channels:
+            # Idempotent; one that ended meanwhile fails here, and the retry finds it gone.
+            for channel_id in followed:
                 await self._ari.subscribe(f"channel:{channel_id}")
-        if ended or followed:
+        if ended:
             log.warning(
                 "calls left up: %d ended unheard (recorded as ended), %d still up (followed)",
                 ended,
                 len(followed),
             )
+        elif followed:
+            log.info("following %d allowed calls still up", len(followed))
 
     async def _until_done(self, task: str, what: str, step: Callable[[], Awaitable[None]]) -> None:
         """Run ``step`` until it succeeds, pausing with jittered backoff after each failure."""

@@ -266,22 +266,27 @@ class OutcomeTracker:
         not listening. ``rows``: the allowed decisions with no outcome (``id``, ``channel_id``,
         ``campaign``, ``caller_id``). A call none of whose channels is left ended unheard: its
         end is recorded now, with no cause. One still up and not tracked (the process
-        restarted) is tracked from here. Returns how many ended, and the channels to follow.
-        With ``tracked`` the calls tracked here are squared too.
+        restarted) is tracked from here. Returns how many ended, and the channels to follow:
+        those tracked from here, and, with ``tracked``, every dialling channel tracked here
+        that is still up, since a subscription to it may have ended with the connection (and
+        the Dial that tied it to its trunk leg may have been missed: its own end then tells
+        the outcome). With ``tracked`` the calls tracked here are squared too.
         """
         now = datetime.now(UTC)
         ended = 0
+        followed: list[str] = []
         # The calls tracked here are squared only after a time of not listening (``tracked``):
         # while events flow, their own ChannelDestroyed tells their end, with its cause.
         for channel_id, call in list(self._allowed.items()) if tracked else ():
             if channel_id in present or (call.trunk_channel or "") in present:
+                if channel_id in present and call.trunk_channel != channel_id:
+                    followed.append(channel_id)
                 continue
             del self._allowed[channel_id]
             if call.trunk_channel:
                 self._trunk.pop(call.trunk_channel, None)
             self._finish(call, None, None, None, now)
             ended += 1
-        followed: list[str] = []
         for row in rows:
             channel_id = str(row["channel_id"])
             if channel_id in self._allowed or channel_id in self._trunk:

@@ -16,7 +16,9 @@ import pytest
 from dialguard.app import Service, Stores
 from dialguard.config import load_settings
 from dialguard.store.callerids import CallerIdStore
-from dialguard.testing import Call, FakeAsterisk
+from dialguard.testing import Call, FakeAsterisk, Outcome
+from dialguard.testing.records import RecordedRequest
+from tests.integration.real_asterisk_support import poll_async
 from tests.integration.test_gate import CALLER, _stasis_id
 
 SUBSCRIPTION = "/applications/dialguard/subscription"
@@ -163,6 +165,40 @@ async def test_an_asterisk_without_the_event_filter_is_served_all_the_same(
         await fake.wait_for(lambda: verdict_seq(fake, _stasis_id(call)), timeout=5.0)
     assert "Asterisk refused the event filter" in caplog.text
     assert background_errors(service, "ari_subscribe") == 0
+
+
+async def test_an_allowed_call_whose_subscription_went_with_the_websocket_is_followed_again(
+    pool: asyncpg.Pool, fake: FakeAsterisk, tmp_path: Path, registered: None
+) -> None:
+    """With subscribe_all false the gate follows each allowed channel; a websocket lost between
+    that subscription and the continue takes it along (the fake drops the application with its
+    socket), and the Dial that ties the call to its trunk leg then reaches nobody. After the
+    reconnect the gate follows its calls still up again, and the call's outcome is recorded."""
+    fake.set_outcome("2122645555", Outcome.answered(0.3))
+    async with started(pool, fake, tmp_path) as service:
+        await fake.wait_for(lambda: service.gate.ready, timeout=10.0)
+        # Each request now takes 0.4 s: the verdict's four, pipelined, end 1.6 s after it.
+        fake.set_rest_delay(0.4)
+        call = await fake.originate_outbound("2122645555", CALLER)
+        stasis = _stasis_id(call)
+        follow = f"channel:{stasis}"
+
+        def subscriptions() -> list[RecordedRequest]:
+            return [r for r in fake.requests if r.query.get("eventSource") == follow]
+
+        await fake.wait_for(subscriptions, timeout=5.0)
+        # Subscribed; the continue (and so the Dial) is still 0.4 s away.
+        await fake.drop_websocket("dialguard", abort=True)
+        fake.set_rest_delay(0)
+        await fake.wait_for(lambda: len(subscriptions()) == 2, timeout=5.0)
+
+        async def outcome() -> str | None:
+            async with pool.acquire() as conn:
+                return await conn.fetchval(  # type: ignore[no-any-return]
+                    "SELECT outcome FROM decisions WHERE channel_id = $1", stasis
+                )
+
+        assert await poll_async(outcome, within=10.0) == "answered"
 
 
 async def test_a_failing_reconciliation_is_retried_and_the_parked_call_decided(
