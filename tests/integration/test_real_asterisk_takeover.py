@@ -35,7 +35,7 @@ import pytest
 
 from dialguard.ari.events import parse_ari_time
 from dialguard.store.callerids import CallerIdStore
-from dialguard.testing.real_asterisk import RealAsterisk, carrier_number
+from dialguard.testing.real_asterisk import RealAsterisk, TcpRelay, carrier_number
 from tests.integration.real_asterisk_support import (
     CALLER,
     DIALGUARD,
@@ -65,13 +65,17 @@ class DatabaseLink:
         query = dict(parse_qsl(parts.query))
         self._unix_dir = query.get("host") if parts.hostname is None else None
         self._port = int(query.get("port") or parts.port or 5432)
-        self._target_host = parts.hostname or "127.0.0.1"
         self._directory = directory
-        self._server: asyncio.AbstractServer | None = None
-        self._frozen: set[asyncio.StreamWriter] = set()
-        self._open: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._dsn = dsn
+        self._relay = TcpRelay(
+            parts.hostname or "127.0.0.1",
+            self._port,
+            target_path=(
+                str(Path(self._unix_dir) / f".s.PGSQL.{self._port}")
+                if self._unix_dir is not None
+                else None
+            ),
+        )
         self.dsn = dsn
 
     async def start(self) -> None:
@@ -79,66 +83,22 @@ class DatabaseLink:
         query = dict(parse_qsl(parts.query))
         if self._unix_dir is not None:
             self._directory.mkdir(parents=True, exist_ok=True)
-            path = self._directory / f".s.PGSQL.{self._port}"
-            self._server = await asyncio.start_unix_server(self._accept, path=str(path))
+            await self._relay.start(listen_path=self._directory / f".s.PGSQL.{self._port}")
             query["host"] = str(self._directory)
             self.dsn = urlunsplit(parts._replace(query=urlencode(query)))
         else:
-            self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-            port = self._server.sockets[0].getsockname()[1]
+            await self._relay.start()
             netloc = parts.netloc.rsplit("@", 1)
-            host = f"127.0.0.1:{port}"
+            host = f"127.0.0.1:{self._relay.port}"
             self.dsn = urlunsplit(
                 parts._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host)
             )
 
     def freeze(self) -> None:
-        self._frozen |= self._open
+        self._relay.freeze()
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for writer in list(self._open):
-            writer.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            if self._unix_dir is not None:
-                target = str(Path(self._unix_dir) / f".s.PGSQL.{self._port}")
-                up_reader, up_writer = await asyncio.open_unix_connection(target)
-            else:
-                up_reader, up_writer = await asyncio.open_connection(self._target_host, self._port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._open.add(writer)
-        for source, sink, answers in ((reader, up_writer, False), (up_reader, writer, True)):
-            task = asyncio.create_task(self._pipe(source, sink, writer if answers else None))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pipe(
-        self,
-        source: asyncio.StreamReader,
-        sink: asyncio.StreamWriter,
-        client: asyncio.StreamWriter | None,
-    ) -> None:
-        try:
-            while data := await source.read(65536):
-                if client is not None and client in self._frozen:
-                    continue
-                sink.write(data)
-                await sink.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            sink.close()
-            if client is not None:
-                self._open.discard(client)
-                self._frozen.discard(client)
+        await self._relay.close()
 
 
 def _free_port() -> int:

@@ -854,25 +854,35 @@ class RealAsterisk:
 
 
 class TcpRelay:
-    """A TCP relay on 127.0.0.1 in front of an address: a link the test can cut.
+    """A relay in front of an address: a link the test can cut or freeze.
 
-    `cut()` aborts every connection open through it (both sides see a reset, as when a
-    network path dies); new connections pass again. `freeze()` stops carrying bytes on the
-    connections open now, so whatever Asterisk sends on them is lost to the client until a
-    `cut()` ends them. Owns its server and connections; `close()` ends all.
+    It listens on TCP 127.0.0.1 (`start()`) or on a Unix socket (`start(listen_path=...)`),
+    and connects to `target_host:target_port`, or to the Unix socket `target_path` when given
+    (a PostgreSQL server's, say). `cut()` aborts every connection open through it (both sides
+    see a reset, as when a network path dies); new connections pass again. `freeze()` stops
+    carrying bytes back on the connections open now: what the client sends still arrives and
+    is acted on, but whatever the far side answers is lost to the client until a `cut()` ends
+    them. Owns its server and connections; `close()` ends all.
     """
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, *, target_path: str | None = None
+    ) -> None:
         self._target = (target_host, target_port)
-        self._server: asyncio.Server | None = None
+        self._target_path = target_path
+        self._server: asyncio.AbstractServer | None = None
         self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._frozen: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
+    async def start(self, *, listen_path: Path | None = None) -> None:
+        if listen_path is not None:
+            self._server = await asyncio.start_unix_server(self._accept, path=str(listen_path))
+            return
+        server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self._server = server
+        self.port = int(server.sockets[0].getsockname()[1])
 
     def url(self, path: str = "/ari") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -903,7 +913,10 @@ class TcpRelay:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
+            if self._target_path is not None:
+                up_reader, up_writer = await asyncio.open_unix_connection(self._target_path)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
             writer.transport.abort()
             return
