@@ -279,6 +279,13 @@ async def main() -> None:
         " events a second each) run on the Asterisk throughout",
     )
     parser.add_argument(
+        "--background-calls",
+        type=float,
+        default=0,
+        help="real only, with --events-only: this many unrelated calls a second (a Local pair"
+        " dialling another, answered for half a second) start and end throughout",
+    )
+    parser.add_argument(
         "--events-only",
         action="store_true",
         help="real only: no gated calls; dialguard's CPU over --seconds with the --background"

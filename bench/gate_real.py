@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +37,7 @@ import psutil  # type: ignore[import-untyped]
 
 from common import machine_cpu
 from dialguard.ari.client import AriClient
+from dialguard.ari.errors import AriError
 from dialguard.store.callerids import CallerIdStore
 from dialguard.store.connection import create_pool
 from dialguard.store.embedded import EmbeddedPostgres
@@ -58,6 +60,17 @@ exten => s,1,Answer()
  same => n,Set(NOTE=step ${STEP} of ${CHANNEL})
  same => n,Wait(1)
  same => n,Goto(loop)
+
+; --background-calls: unrelated calls that start and end, as a PBX's inbound and internal calls
+; do. Each dials a second Local pair, which answers and hangs up after half a second.
+[bench-calls]
+exten => s,1,Dial(Local/a@bench-calls,5)
+ same => n,Hangup()
+exten => a,1,Answer()
+ same => n,Wait(0.5)
+ same => n,Hangup()
+exten => w,1,Wait(2)
+ same => n,Hangup()
 """
 
 
@@ -469,7 +482,7 @@ async def run_real(args: argparse.Namespace) -> None:
             json.dumps({"postgres": server_version, "jit": jit, "embedded": embedded is not None}),
             flush=True,
         )
-        extra = BACKGROUND_DIALPLAN if args.background else ""
+        extra = BACKGROUND_DIALPLAN if args.background or args.background_calls else ""
         async with (
             RealAsterisk(
                 asterisk_home(),
@@ -520,13 +533,37 @@ async def compare(run: Run, session: aiohttp.ClientSession) -> None:
             await run.phase("dialguard", rate)
 
 
+@contextlib.asynccontextmanager
+async def unrelated_calls(run: Run) -> AsyncIterator[None]:
+    """--background-calls calls a second into [bench-calls] while the block runs."""
+    rate = run.args.background_calls
+
+    async def place() -> None:
+        began = time.perf_counter()
+        for n in itertools.count():
+            await asyncio.sleep(max(0.0, began + n / rate - time.perf_counter()))
+            with contextlib.suppress(AriError):
+                await run.client.originate(
+                    "Local/s@bench-calls", extension="w", context="bench-calls"
+                )
+
+    task = asyncio.create_task(place()) if rate else None
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 async def events_only(run: Run) -> None:
     """dialguard's CPU with nothing to gate, under the background channels alone."""
     # `true` first: Asterisk 22.10.1 keeps an application that was registered without
     # subscribeAll alive through its endpoint subscription after its socket closes, and then
     # ignores subscribeAll=true on the next connection, until Asterisk restarts.
     for subscribe_all in ("true", "true", "false", "false"):
-        async with run.dialguard(subscribe_all):
+        async with run.dialguard(subscribe_all), unrelated_calls(run):
             await asyncio.sleep(2)
             before = run.parties.sample()
             started = time.perf_counter()
@@ -537,6 +574,7 @@ async def events_only(run: Run) -> None:
             result = {
                 "subscribe_all": subscribe_all,
                 "background_channels": run.args.background,
+                "background_calls_per_s": run.args.background_calls,
                 "channels_up": len(listed or []),
                 "seconds": round(elapsed, 1),
                 "dialguard_cpu_pct": round(
