@@ -15,13 +15,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-import aiohttp
 import asyncpg
 import pytest
 
 from dialguard.app import Service, Stores
 from dialguard.config import load_settings
-from dialguard.testing.polling import poll_until
+from dialguard.testing.polling import poll_until, stderr_once_exited, wait_ready
 from dialguard.testing.real_asterisk import RealAsterisk, skip_reason
 
 T = TypeVar("T")
@@ -155,18 +154,7 @@ class ServeProcess:
         self.api = api
 
     async def ready(self, within: float = 30.0) -> None:
-        async with aiohttp.ClientSession() as session, asyncio.timeout(within):
-            while True:
-                if self.proc.returncode is not None:
-                    err = await self.proc.stderr.read() if self.proc.stderr else b""
-                    raise AssertionError(f"serve exited: {err.decode()[-2000:]}")
-                try:
-                    async with session.get(self.api + "/readyz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
+        await wait_ready(self.api, lambda: stderr_once_exited(self.proc), within)
 
 
 @asynccontextmanager

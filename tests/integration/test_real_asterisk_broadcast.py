@@ -5,7 +5,6 @@ test_real_asterisk_takeover.py."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -14,7 +13,7 @@ import asyncpg
 import pytest
 
 from dialguard.app import Service
-from dialguard.testing.real_asterisk import OBSERVER_APP, RealAsterisk, carrier_number
+from dialguard.testing.real_asterisk import RealAsterisk, carrier_number
 from tests.integration.real_asterisk_support import (
     CALLER,
     CALLER_E164,
@@ -38,22 +37,10 @@ async def originate_broadcast(
     asterisk: RealAsterisk, destination: str, caller_id: str = CALLER, campaign: str = ""
 ) -> str:
     """A dialer's call into [dialguard-broadcast]; the id of the half that runs the gate."""
-    token = uuid.uuid4().hex[:16]
-    stasis_id = f"gate-{token}"
-    status, body = await asterisk.rest(
-        "POST",
-        "/channels",
-        endpoint=f"Local/{destination}@dialguard-broadcast",
-        app=OBSERVER_APP,
-        callerId=f'"Dialer" <{caller_id}>',
-        timeout=30,
-        channelId=f"dialer-{token}",
-        otherChannelId=stasis_id,
-        json={"variables": {"CAMPAIGN": campaign}} if campaign else None,
+    call = await asterisk.originate_outbound(
+        destination, caller_id, campaign=campaign or None, context="dialguard-broadcast"
     )
-    if status != 200:
-        raise RuntimeError(f"originate failed: {status} {body}")
-    return stasis_id
+    return call.stasis_id
 
 
 @asynccontextmanager

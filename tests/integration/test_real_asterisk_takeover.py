@@ -29,12 +29,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import aiohttp
 import asyncpg
 import pytest
 
 from dialguard.ari.events import parse_ari_time
 from dialguard.store.callerids import CallerIdStore
+from dialguard.testing.polling import wait_ready
 from dialguard.testing.real_asterisk import RealAsterisk, TcpRelay, carrier_number
 from tests.integration.real_asterisk_support import (
     CALLER,
@@ -142,18 +142,13 @@ class Instance:
             )
 
     async def ready(self, within: float = 30.0) -> None:
-        async with aiohttp.ClientSession() as session, asyncio.timeout(within):
-            while True:
-                assert self.proc is not None
-                if self.proc.returncode is not None:
-                    raise AssertionError(f"serve exited: {self.log.read_text()[-2000:]}")
-                try:
-                    async with session.get(self.api + "/readyz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
+        proc = self.proc
+        assert proc is not None
+
+        async def why_exited() -> str | None:
+            return None if proc.returncode is None else self.log.read_text()
+
+        await wait_ready(self.api, why_exited, within)
 
     async def kill(self) -> None:
         assert self.proc is not None

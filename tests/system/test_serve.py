@@ -18,6 +18,8 @@ import pytest
 
 from dialguard.store.callerids import CallerIdStore
 from dialguard.testing import Call, FakeAsterisk
+from dialguard.testing.polling import stderr_once_exited
+from dialguard.testing.polling import wait_ready as serve_ready
 
 DIALGUARD = str(Path(sys.executable).parent / "dialguard")
 
@@ -65,18 +67,7 @@ async def serve_process(
 
 
 async def wait_ready(server: ServeProcess, within: float = 20.0) -> None:
-    async with aiohttp.ClientSession() as session, asyncio.timeout(within):
-        while True:
-            if server.proc.returncode is not None:
-                err = await server.proc.stderr.read() if server.proc.stderr else b""
-                raise AssertionError(f"serve exited: {err.decode()[-2000:]}")
-            try:
-                async with session.get(server.api + "/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
+    await serve_ready(server.api, lambda: stderr_once_exited(server.proc), within, 0.1)
 
 
 @pytest.fixture

@@ -142,13 +142,14 @@ class AriClient:
         this order, and they cost one round trip. Each request's parsed answer, or the error it
         raised (as :meth:`request` would), in the same order; nothing raises but a timeout or a
         failure before the first answer (AriUnavailable)."""
+        if not requests:
+            return []
         data = [self._serialise(r.method, r.path, r.params, None) for r in requests]
-        first = requests[0] if requests else None
         try:
             async with asyncio.timeout(self._timeout):
                 answers = await self._pool.request_in_order(data)
         except (HttpTransportError, TimeoutError, OSError) as exc:
-            assert first is not None
+            first = requests[0]
             raise _unavailable(first.method, first.path, exc, first.channel_id) from exc
         results: list[Any | AriError] = []
         for request, answer in zip(requests, answers, strict=True):

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from dialguard.processes import alive
 from dialguard.store.errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -284,13 +285,7 @@ class EmbeddedPostgres:
             pid = int(pid_file.read_text().split("\n", 1)[0])
         except (OSError, ValueError):
             return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return alive(pid)
 
     def _start_server(self, pgdata: Path, user: ServerUser) -> None:
         socket_dir = pgdata

@@ -52,6 +52,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from dialguard.processes import alive
 from dialguard.testing.polling import poll_until
 
 log = logging.getLogger(__name__)
@@ -451,7 +452,7 @@ async def remove_orphaned_namespaces() -> None:
     for line in (await _run("ip", "netns", "list")).splitlines():
         name = line.split(" ", 1)[0]
         found = _NAMESPACE.fullmatch(name)
-        if found is None or _alive(int(found.group(1))):
+        if found is None or alive(int(found.group(1))):
             continue
         log.warning("removing the network namespace %s left by a process that is gone", name)
         with contextlib.suppress(RuntimeError):
@@ -462,16 +463,6 @@ async def remove_orphaned_namespaces() -> None:
             await _run("ip", "link", "delete", f"dg{name[3:]}h")
         with contextlib.suppress(RuntimeError):
             await _run("ip", "netns", "delete", name)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -- Asterisk -------------------------------------------------------------------------------
@@ -803,8 +794,10 @@ class RealAsterisk:
         variables: dict[str, str] | None = None,
         ring_seconds: int = 30,
         dialer_app: str = OBSERVER_APP,
+        context: str = "dialguard-out",
     ) -> OutboundCall:
-        """A dialer's call through the gate: ARI originate of Local/<destination>@dialguard-out.
+        """A dialer's call through the gate: ARI originate of Local/<destination>@<context>
+        ([dialguard-out], or [dialguard-broadcast] for broadcast mode).
 
         The ;2 half runs [dialguard-out] (its id is chosen here, so it is known before its
         StasisStart); the ;1 half, once answered, waits in `dialer_app`'s Stasis. `campaign`
@@ -818,7 +811,7 @@ class RealAsterisk:
         status, body = await self.rest(
             "POST",
             "/channels",
-            endpoint=f"Local/{destination}@dialguard-out",
+            endpoint=f"Local/{destination}@{context}",
             app=dialer_app,
             callerId=f'"Dialer" <{caller_id}>',
             timeout=ring_seconds,
