@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, Protocol, TypeVar
@@ -333,16 +333,9 @@ class Decider:
         for _ in range(3):
             version, profile, rules = await self._cached(campaign)
             params = self._params(
-                request, campaign, at, destination, zones, caller, version, profile, rules
-            )
-            if request.record:
-                params = replace(
-                    params,
-                    live=live,
-                    deadline=deadline,
-                    attempt_id=attempt_id,
-                    origin=request.origin,
-                )
+                request, campaign, at, destination, zones, caller, version, profile, rules,
+                live=live, deadline=deadline, attempt_id=attempt_id,
+            )  # fmt: skip
             result = await self._decisions.decide(params)
             if result.abandoned:
                 # The database held it past what its caller waits: nothing was recorded, and
@@ -384,7 +377,14 @@ class Decider:
         version: int,
         profile: Profile,
         rules: DecideRules,
+        *,
+        live: bool = False,
+        deadline: datetime | None = None,
+        attempt_id: str | None = None,
     ) -> DecideParams:
+        """The decision's parameters; ``live``, ``deadline``, ``attempt_id`` and the origin
+        count only for a recorded decision."""
+        record = request.record
         pre = precheck(
             destination=destination,
             caller_id=caller,
@@ -407,6 +407,10 @@ class Decider:
             pre_facts=pre.facts,
             hours_facts=pre.hours_facts,
             rules=rules,
+            live=live and record,
+            deadline=deadline if record else None,
+            attempt_id=attempt_id if record else None,
+            origin=request.origin if record else None,
         )
 
     def _undecidable(
