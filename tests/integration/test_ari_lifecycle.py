@@ -173,8 +173,10 @@ async def test_an_allowed_call_whose_subscription_went_with_the_websocket_is_fol
     """With subscribe_all false the gate follows each allowed channel; a websocket lost between
     that subscription and the continue takes it along (the fake drops the application with its
     socket), and the Dial that ties the call to its trunk leg then reaches nobody. After the
-    reconnect the gate follows its calls still up again, and the call's outcome is recorded."""
-    fake.set_outcome("2122645555", Outcome.answered(0.3))
+    reconnect the gate follows its calls still up again, and the call's outcome is recorded:
+    from its trunk leg when the renewed subscription came before the Dial, else from the
+    dialling channel's own end. The call stays up 3 s, so that it is still up on a slow run."""
+    fake.set_outcome("2122645555", Outcome.answered(3.0))
     async with started(pool, fake, tmp_path) as service:
         await fake.wait_for(lambda: service.gate.ready, timeout=10.0)
         # Each request now takes 0.4 s: the verdict's four, pipelined, end 1.6 s after it.
@@ -198,7 +200,7 @@ async def test_an_allowed_call_whose_subscription_went_with_the_websocket_is_fol
                     "SELECT outcome FROM decisions WHERE channel_id = $1", stasis
                 )
 
-        assert await poll_async(outcome, within=10.0) == "answered"
+        assert await poll_async(outcome, within=15.0) in {"answered", "failed"}
 
 
 async def test_a_failing_reconciliation_is_retried_and_the_parked_call_decided(
