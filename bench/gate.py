@@ -155,14 +155,23 @@ async def wait_ready(url: str, proc: asyncio.subprocess.Process) -> None:
 
 async def decision_buckets(metrics_url: str) -> dict[float, float]:
     """dialguard's own decision-time histogram (cumulative counts by upper bound, seconds)."""
-    buckets: dict[float, float] = {}
+    return {
+        float(k): v
+        for k, v in (await labelled(metrics_url, "dialguard_decision_seconds_bucket", "le")).items()
+    }
+
+
+async def labelled(metrics_url: str, name: str, label: str) -> dict[str, float]:
+    """The samples of the series `name` on dialguard's /metrics, by the value of `label`."""
     async with aiohttp.ClientSession() as session, session.get(metrics_url) as resp:
         text = await resp.text()
+    prefix = f'{name}{{{label}="'
+    values: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith('dialguard_decision_seconds_bucket{le="'):
-            bound, _, count = line[len('dialguard_decision_seconds_bucket{le="') :].partition('"}')
-            buckets[float(bound)] = float(count)
-    return buckets
+        if line.startswith(prefix):
+            key, _, count = line[len(prefix) :].partition('"} ')
+            values[key] = float(count)
+    return values
 
 
 def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
@@ -248,8 +257,9 @@ async def main() -> None:
     parser.add_argument(
         "--subscribe-all",
         choices=["true", "false"],
-        default="true",
-        help="ari.subscribe_all for dialguard (true hears every channel on the PBX)",
+        default="false",
+        help="ari.subscribe_all for dialguard (true hears every channel on the PBX;"
+        " false, the default, as dialguard's own)",
     )
     parser.add_argument(
         "--fake",

@@ -1,10 +1,10 @@
 """`bench/gate.py --asterisk real`: the gate on a real Asterisk, beside a no-op ARI application.
 
 Parties: Asterisk and the sipp carrier (in a private network namespace as root, see
-dialguard.testing.real_asterisk), `dialguard serve` in its own process, PostgreSQL (embedded
-and fresh, or `--dsn`), and this process: the load generator (ARI originates of
-Local/<destination>@dialguard-out), the observer that times each channel in Stasis, and, in
-the no-op phases, the no-op application.
+dialguard.testing.real_asterisk), the application holding `dialguard` in a process of its own
+(`dialguard serve`, or the no-op application of bench/noop_ari.py), PostgreSQL (embedded and
+fresh, or `--dsn`), and this process: the load generator (ARI originates of
+Local/<destination>@dialguard-out) and the observer that times each channel in Stasis.
 
 Latency of one call: from the observer's receipt of the ChannelDialplan event of the channel
 entering Stasis() to the receipt of its next ChannelDialplan event (the `allowed` label) or its
@@ -43,9 +43,10 @@ from dialguard.store.connection import create_pool
 from dialguard.store.embedded import EmbeddedPostgres
 from dialguard.store.migrate import migrate
 from dialguard.testing.real_asterisk import RealAsterisk, asterisk_home_from_env, carrier_number
-from gate import bucket_quantile, decision_buckets
+from gate import bucket_quantile, decision_buckets, labelled
 
 DIALGUARD = str(Path(sys.executable).parent / "dialguard")
+NOOP_APP = str(Path(__file__).resolve().parent / "noop_ari.py")
 CALLERS = [f"2125{n:06d}" for n in range(1000, 1200)]
 OBSERVER = "bench-observer"
 PARKING = "bench-park"
@@ -150,12 +151,12 @@ class Parties:
         if asterisk.sipp_pid is not None:
             self.processes["sipp"] = psutil.Process(asterisk.sipp_pid)
         self.postmaster = psutil.Process(postmaster) if postmaster else None
-        self.dialguard: psutil.Process | None = None
+        self.app: psutil.Process | None = None  # the process holding `dialguard` in a phase
 
     def sample(self) -> dict[str, float]:
         seconds = {name: _cpu(p) for name, p in self.processes.items()}
-        if self.dialguard is not None:
-            seconds["dialguard"] = _cpu(self.dialguard)
+        if self.app is not None:
+            seconds["app"] = _cpu(self.app)
         if self.postmaster is not None:
             family = [self.postmaster, *self.postmaster.children(recursive=True)]
             seconds["postgres"] = sum(_cpu(p) for p in family)
@@ -261,22 +262,6 @@ async def wait_application(asterisk: RealAsterisk, app: str) -> None:
             await asyncio.sleep(0.02)
 
 
-class NoOpApp:
-    """Holds `dialguard` and continues every channel to `allowed`: Stasis and ARI alone."""
-
-    def __init__(self, client: AriClient) -> None:
-        self._client = client
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def on_text(self, text: str) -> None:
-        if '"StasisStart"' not in text:
-            return
-        channel = orjson.loads(text)["channel"]["id"]
-        task = asyncio.create_task(self._client.continue_in_dialplan(channel, label="allowed"))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-
 # -- the run ---------------------------------------------------------------------------------
 
 
@@ -337,11 +322,13 @@ class Run:
         await asyncio.sleep(self.args.idle_seconds)
         idle_after, idle_for = self.parties.sample(), time.perf_counter() - idle_started
         decisions_before = await decision_buckets(self.metrics_url) if self.metrics_url else {}
+        events_before = await self.events_received()
         before, started = self.parties.sample(), time.perf_counter()
         channels, late = await self.offer(rate, seconds)
         await self.settle(channels)
         after, took = self.parties.sample(), time.perf_counter() - started
         decisions_after = await decision_buckets(self.metrics_url) if self.metrics_url else {}
+        events_after = await self.events_received()
         observed, stamped = self.timer.latencies(channels)
         result = {
             "app": app,
@@ -360,6 +347,15 @@ class Run:
                 before, after, idle_before, idle_after, took / idle_for, len(channels)
             ),
         }
+        if events_after:
+            # What reached dialguard's websocket per call, by type, beside anything between.
+            per_call = {
+                kind: round((n - events_before.get(kind, 0.0)) / max(len(channels), 1), 2)
+                for kind, n in sorted(events_after.items())
+                if n > events_before.get(kind, 0.0)
+            }
+            result["events_per_call"] = round(sum(per_call.values()), 2)
+            result["events_per_call_by_type"] = per_call
         if decisions_after:
             # The decision's own share (dialguard's histogram: the bound of its bucket).
             for q in (0.5, 0.99):
@@ -368,6 +364,12 @@ class Run:
         print(json.dumps(result), flush=True)
         self.results.append(result)
         return result
+
+    async def events_received(self) -> dict[str, float]:
+        """dialguard's count of the events it received, by type; {} when it does not run."""
+        if self.metrics_url is None:
+            return {}
+        return await labelled(self.metrics_url, "dialguard_ari_events_total", "type")
 
     async def settle(self, channels: list[str], within: float = 15.0) -> None:
         """Wait until every channel left Stasis and Asterisk has no calls left."""
@@ -409,13 +411,41 @@ class Run:
         )
         try:
             await wait_ready(f"http://127.0.0.1:{api}/readyz", proc)
-            self.parties.dialguard = psutil.Process(proc.pid)
+            self.parties.app = psutil.Process(proc.pid)
             self.metrics_url = f"http://127.0.0.1:{metrics}/metrics"
             print(json.dumps({"dialguard_serve_pid": proc.pid}), flush=True)  # for a profiler
             yield proc
         finally:
-            self.parties.dialguard = None
+            self.parties.app = None
             self.metrics_url = None
+            if proc.returncode is None:
+                proc.terminate()
+            await proc.wait()
+
+    @contextlib.asynccontextmanager
+    async def noop(self) -> Any:
+        """The no-op application (bench/noop_ari.py) holding `dialguard`; SIGTERM on exit."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            NOOP_APP,
+            "--url",
+            self.asterisk.base_url,
+            "--user",
+            self.asterisk.username,
+            "--password",
+            self.asterisk.password,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None
+            async with asyncio.timeout(15):
+                if (await proc.stdout.readline()).strip() != b"ready":
+                    raise SystemExit(f"the no-op application exited ({await proc.wait()})")
+            await wait_application(self.asterisk, "dialguard")
+            self.parties.app = psutil.Process(proc.pid)
+            yield proc
+        finally:
+            self.parties.app = None
             if proc.returncode is None:
                 proc.terminate()
             await proc.wait()
@@ -515,7 +545,7 @@ async def run_real(args: argparse.Namespace) -> None:
                 await events_only(run)
             else:
                 async with reading(session, asterisk, OBSERVER, timer.feed, subscribe_all=True):
-                    await compare(run, session)
+                    await compare(run)
                 print_table(run.results)
     finally:
         if embedded is not None:
@@ -524,10 +554,9 @@ async def run_real(args: argparse.Namespace) -> None:
     print(json.dumps({"load_average": os.getloadavg()}))
 
 
-async def compare(run: Run, session: aiohttp.ClientSession) -> None:
+async def compare(run: Run) -> None:
     for rate in run.args.rates:
-        noop = NoOpApp(run.client)
-        async with reading(session, run.asterisk, "dialguard", noop.on_text):
+        async with run.noop():
             await run.phase("no-op", rate)
         async with run.dialguard(run.args.subscribe_all):
             await run.phase("dialguard", rate)
@@ -577,9 +606,7 @@ async def events_only(run: Run) -> None:
                 "background_calls_per_s": run.args.background_calls,
                 "channels_up": len(listed or []),
                 "seconds": round(elapsed, 1),
-                "dialguard_cpu_pct": round(
-                    100 * (after["dialguard"] - before["dialguard"]) / elapsed, 2
-                ),
+                "dialguard_cpu_pct": round(100 * (after["app"] - before["app"]) / elapsed, 2),
                 "asterisk_cpu_pct": round(
                     100 * (after["asterisk"] - before["asterisk"]) / elapsed, 2
                 ),
@@ -595,26 +622,34 @@ def print_table(results: list[dict[str, Any]]) -> None:
     print()
     print(
         "| calls/s | no-op p50 / p99 ms | dialguard p50 / p99 ms | added p50 / p99 ms |"
-        " decision p50 / p99 ≤ ms |"
+        " decision p50 / p99 ≤ ms | events per call |"
         " CPU ms per call (beyond idle): dialguard · PostgreSQL · Asterisk (no-op step) |"
+        " CPU ms per call: no-op application · dialguard ÷ no-op |"
         " machine busy % (no-op / dialguard) |"
     )
-    print("|---:|---:|---:|---:|---:|---|---|")
+    print("|---:|---:|---:|---:|---:|---:|---|---|---|")
     for rate, apps in sorted(by_rate.items()):
         noop, dg = apps.get("no-op"), apps.get("dialguard")
         if noop is None or dg is None:
             continue
         added = [_minus(dg[k], noop[k]) for k in ("p50_ms", "p99_ms")]
         cpu, base = dg["marginal_cpu_ms_per_call"], noop["marginal_cpu_ms_per_call"]
+        ratio = _ratio(cpu.get("app"), base.get("app"))
         print(
             f"| {rate:g} | {noop['p50_ms']} / {noop['p99_ms']} | {dg['p50_ms']} / {dg['p99_ms']}"
             f" | {added[0]} / {added[1]}"
             f" | {dg.get('decision_p50_ms_at_most')} / {dg.get('decision_p99_ms_at_most')}"
-            f" | {cpu.get('dialguard')} · {cpu.get('postgres')} ·"
+            f" | {dg.get('events_per_call')}"
+            f" | {cpu.get('app')} · {cpu.get('postgres')} ·"
             f" {cpu.get('asterisk')} ({base.get('asterisk')}) |"
+            f" {base.get('app')} · {ratio} |"
             f" {noop['machine_busy_pct']} / {dg['machine_busy_pct']} |"
         )
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a - b, 2)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b or b <= 0 else round(a / b, 1)

@@ -324,6 +324,7 @@ class Service:
             subscribe_all=subscribe_all,
             session=self._session,
             types=self.gate.events,
+            on_received=self.metrics.ari_event,
         )
         self.proxy: AriProxy | None = None
         if settings.proxy.listen is not None:

@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_CAMPAIGN",
     "DEFAULT_MAX_CALLER_IDS",
     "DEFAULT_MAX_CAMPAIGNS",
+    "MAX_EVENT_TYPES",
     "NO_RULE",
     "OTHER_SOURCE",
     "OVERFLOW_LABEL",
@@ -59,6 +60,8 @@ __all__ = [
 NO_RULE: Final = "none"
 # Where values beyond the cardinality bound go, instead of growing Prometheus without limit.
 OVERFLOW_LABEL: Final = "_other"
+# Distinct ARI event type labels before the rest count as OVERFLOW_LABEL (Asterisk 22 has ~50).
+MAX_EVENT_TYPES: Final = 100
 # What a campaign name that looks like a phone number is reported as.
 REDACTED_LABEL: Final = "_redacted"
 
@@ -252,6 +255,14 @@ class Metrics:
             "ARI websocket connections established after the first.",
             registry=registry,
         )
+        self._ari_events = Counter(
+            "dialguard_ari_events_total",
+            "ARI events received on the events websocket, by type: those acted on and those"
+            " dropped unread alike.",
+            ["type"],
+            registry=registry,
+        )
+        self._ari_event_series: dict[str, Counter] = {}
         self._store_errors = Counter(
             "dialguard_store_errors_total",
             "Database calls that failed or missed their deadline.",
@@ -407,6 +418,18 @@ class Metrics:
 
     def ari_reconnect(self) -> None:
         self._ari_reconnects.inc()
+
+    def ari_event(self, kind: str) -> None:
+        """One event of type ``kind`` arrived. Asterisk's event types are a closed set of a few
+        dozen; anything past MAX_EVENT_TYPES distinct names is counted as ``_other``."""
+        series = self._ari_event_series.get(kind)
+        if series is None:
+            with self._lock:
+                if len(self._ari_event_series) >= MAX_EVENT_TYPES:
+                    kind = OVERFLOW_LABEL
+                series = self._ari_event_series.get(kind) or self._ari_events.labels(kind)
+                self._ari_event_series[kind] = series
+        series.inc()
 
     # -- series management -------------------------------------------------------------------
 

@@ -324,6 +324,35 @@ async def test_malformed_events_are_skipped_with_a_warning(
     assert "malformed ChannelDestroyed event (channel 1.2)" in caplog.text
 
 
+async def test_every_message_is_counted_by_type_delivered_or_dropped(fake: FakeAsterisk) -> None:
+    received: list[str] = []
+    recorder = Recorder()
+    events = EventListener(
+        fake.base_url,
+        USER,
+        PASSWORD,
+        APP,
+        on_event=recorder,
+        types=frozenset({"ChannelDestroyed"}),
+        on_received=received.append,
+    )
+    await events.start()
+    try:
+        async with asyncio.timeout(2):
+            await events.wait_connected()
+        await fake.push_event(APP, {"type": "ChannelVarset", "variable": "X", "value": "1"})
+        await fake.push_event(APP, "{not json")
+        await fake.push_event(APP, '["a", "list"]')
+        # The type key after a nested object: not read off the text, so decoded to be sure.
+        await fake.push_event(APP, '{"channel": {"id": "1.2", "type": "x"}, "type": "Dial"}')
+        await fake.push_event(APP, {"type": "ChannelDestroyed", "channel": {"id": "1.2"}})
+        await fake.wait_for(lambda: len(received) >= 5)
+    finally:
+        await events.stop()
+    assert received == ["ChannelVarset", "untyped", "untyped", "Dial", "ChannelDestroyed"]
+    assert recorder.events == []  # the one of an allowed type is malformed: skipped, but counted
+
+
 async def test_listener_reconnects_after_a_drop_with_backoff(fake: FakeAsterisk) -> None:
     attempts: list[int] = []
     connects = 0

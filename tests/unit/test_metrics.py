@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dialguard.metrics import (
     DECISION_SECONDS_BUCKETS,
+    MAX_EVENT_TYPES,
     OTHER_SOURCE,
     OVERFLOW_LABEL,
     REDACTED_LABEL,
@@ -307,6 +308,19 @@ def test_plain_counters_and_gauges() -> None:
         assert value(registry, name) == 0
         method()
         assert value(registry, name) == 1, name
+
+
+def test_ari_events_count_by_type_up_to_a_bound() -> None:
+    metrics, registry = make()
+    for kind in ("StasisStart", "Dial", "Dial", "ChannelVarset"):
+        metrics.ari_event(kind)
+    assert value(registry, "dialguard_ari_events_total", type="Dial") == 2
+    assert value(registry, "dialguard_ari_events_total", type="StasisStart") == 1
+    for n in range(MAX_EVENT_TYPES + 5):
+        metrics.ari_event(f"Made{n}")
+    kinds = label_values(registry, "dialguard_ari_events_total", "type")
+    assert len(kinds) == MAX_EVENT_TYPES + 1
+    assert value(registry, "dialguard_ari_events_total", type=OVERFLOW_LABEL) == 8
 
 
 def test_build_info_carries_the_version() -> None:

@@ -61,6 +61,9 @@ def top_level_type(text: str) -> str | None:
     return value.group(1) if value is not None else None
 
 
+# The type reported to on_received for a message that is not an object with a string "type".
+UNTYPED = "untyped"
+
 OnEvent = Callable[[Event], None]
 OnConnect = Callable[[], Awaitable[None]]
 OnDisconnect = Callable[[], None]
@@ -107,6 +110,7 @@ class EventListener:
         on_connect_timeout: float = 10.0,
         backoff: Backoff | None = None,
         types: frozenset[str] | None = None,
+        on_received: Callable[[str], None] | None = None,
     ) -> None:
         base = ari_base_url(base_url)
         self._url = base.with_path(base.raw_path + "/events", encoded=True).with_query(
@@ -126,6 +130,8 @@ class EventListener:
         # With subscribeAll the app hears every channel on the PBX: events of other types are
         # dropped before they are parsed into objects nobody reads.
         self._types = types
+        # Told each message's event type (UNTYPED when it has none), delivered or dropped.
+        self._on_received = on_received
         self._task: asyncio.Task[None] | None = None
         self._buffer: list[Event] | None = None
         self._connected = asyncio.Event()
@@ -236,17 +242,28 @@ class EventListener:
 
     def _handle_text(self, text: str) -> None:
         log.debug("ARI event: %s", text)
-        if self._types is not None:
-            known = top_level_type(text)
-            if known is not None and known not in self._types:
+        known = top_level_type(text)
+        if known is not None:
+            if self._on_received is not None:
+                self._on_received(known)
+            if self._types is not None and known not in self._types:
                 return
         try:
             raw: Any = orjson.loads(text)
         except orjson.JSONDecodeError:
             log.warning("ARI events: skipped a message that is not JSON (%d bytes)", len(text))
+            if self._on_received is not None:
+                self._on_received(UNTYPED)
             return
-        if self._types is not None and isinstance(raw, dict) and raw.get("type") not in self._types:
-            return
+        if known is None:
+            if self._on_received is not None:
+                self._on_received(_raw_type(raw))
+            if (
+                self._types is not None
+                and isinstance(raw, dict)
+                and raw.get("type") not in self._types
+            ):
+                return
         try:
             event = parse_event(raw)
         except MalformedEvent as exc:
@@ -290,7 +307,7 @@ class EventListener:
 def _raw_type(raw: Any) -> str:
     if isinstance(raw, dict) and isinstance(raw.get("type"), str):
         return str(raw["type"])
-    return "untyped"
+    return UNTYPED
 
 
 def _raw_channel_id(raw: Any) -> str | None:
