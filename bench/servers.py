@@ -5,8 +5,9 @@
 Both servers get a fresh database, migrated and never analysed: a new deployment's tables, which
 have no statistics (the case where PostgreSQL's JIT used to compile the decision's plan on every
 call). On each, live decisions go through the real Decider, from 1 client and then from 16, and
-the run reports decisions a second, latency percentiles, and the server's CPU a decision (every
-process of the server, read with psutil). The target: a decision on Debian's PostgreSQL costs
+the run reports decisions a second, latency percentiles, the server's CPU a decision (every
+process of the server, read with psutil) and this process's (the Decider and asyncpg: what a
+decision costs dialguard itself). The target: a decision on Debian's PostgreSQL costs
 at most 1.5 times one on the embedded server.
 
 Debian's server is the one ``DIALGUARD_TEST_DSN`` names (``scripts/debian-postgres`` starts a
@@ -70,6 +71,7 @@ class Measured:
     p50_ms: float
     p99_ms: float
     server_cpu_ms: float
+    client_cpu_ms: float
 
 
 def daytime_block() -> str:
@@ -138,11 +140,13 @@ async def measure(
 
             await client(20, [])  # warm-up: plans and caches
             cpu_before = cpu_seconds(processes + server_processes_new(processes))
+            client_before = time.process_time()
             started = time.perf_counter()
             await asyncio.gather(
                 *(client(decisions // n_clients, latencies) for _ in range(n_clients))
             )
             elapsed = time.perf_counter() - started
+            client_cpu = time.process_time() - client_before
             cpu = cpu_seconds(processes + server_processes_new(processes)) - cpu_before
             latencies.sort()
             results.append(
@@ -156,6 +160,7 @@ async def measure(
                     p50_ms=statistics.median(latencies),
                     p99_ms=latencies[int(len(latencies) * 0.99) - 1],
                     server_cpu_ms=cpu * 1000 / len(latencies),
+                    client_cpu_ms=client_cpu * 1000 / len(latencies),
                 )
             )
         await pool.close()
@@ -206,13 +211,14 @@ def main() -> None:
     results += asyncio.run(measure("debian", debian, args.decisions, args.clients, spacing))
     print(
         "| server | PostgreSQL | jit | clients | decisions/s | p50 ms | p99 ms "
-        "| server CPU ms a decision |"
+        "| server CPU ms a decision | client CPU ms a decision |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for m in results:
         print(
             f"| {m.server} | {m.version.split()[0]} | {m.jit} | {m.clients} "
-            f"| {m.per_second:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.server_cpu_ms:.2f} |"
+            f"| {m.per_second:,.0f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.server_cpu_ms:.2f} "
+            f"| {m.client_cpu_ms:.2f} |"
         )
     for n in args.clients:
         e = next(m for m in results if m.server == "embedded" and m.clients == n)
