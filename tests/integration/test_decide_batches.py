@@ -1,4 +1,4 @@
-"""Decisions sent in batches (dg_decide_batch) decide exactly as the same calls one by one."""
+"""Decisions sent in batches (dg_decide) decide exactly as the same calls one by one."""
 
 from __future__ import annotations
 

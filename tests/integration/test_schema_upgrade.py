@@ -1,38 +1,47 @@
 """The schema across releases: the live functions re-applied when they change, never over a
-newer release's; the previous release's decide statement still running after this release's
-migration; commands other than migrate and serve refusing an older schema."""
+newer release's; nothing older left beside them; commands other than migrate and serve refusing
+an older schema."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from dialguard.store.callerids import CallerIdStore
 from dialguard.store.migrate import SchemaOutdated, check_schema, function_files, migrate
-from tests.support import NOON_NY
 
-# The previous release's decide statement and its arguments, verbatim (queries.sql at 009):
-# an instance still running it must keep deciding through a rolling upgrade.
-PREVIOUS_DECIDE = """
-SELECT decision_id, rule, nullif(facts, '{}') AS facts, stale
-  FROM dg_decide_batch($1::dg_decide_attempt[], $2::text::dg_decide_rules[], $3)
-"""
-PREVIOUS_RULES = '{"(f,,,14400,\\"{}\\",\\"{}\\",,,,\\"{}\\",\\"{}\\",,7200,14400,)"}'
+# The functions the tables' triggers run (migration 007): the only ones not in sql/functions/.
+TRIGGER_FUNCTIONS = {"dg_prefix_lengths_grow", "dg_prefix_lengths_recount"}
 
 
-async def test_the_previous_releases_decide_statement_still_runs(pool: asyncpg.Pool) -> None:
-    await CallerIdStore(pool).add("+12125550100", None)
-    attempt = (NOON_NY, "+12125550100", "+12122641234", "default", 0, "old", None, None, None,
-               None, 1)  # fmt: skip
-    first = await pool.fetch(PREVIOUS_DECIDE, [attempt], PREVIOUS_RULES, True)
-    again = await pool.fetch(PREVIOUS_DECIDE, [attempt], PREVIOUS_RULES, True)
-    assert [(r["rule"], r["stale"]) for r in first] == [(None, False)]
-    assert [r["rule"] for r in again] == ["destination_interval"]
+async def test_the_database_holds_the_live_functions_and_nothing_older(pool: asyncpg.Pool) -> None:
+    live = {
+        name.lower()
+        for f in function_files()
+        for name in re.findall(r"CREATE OR REPLACE FUNCTION (\w+)\(", f.sql)
+    }
+    rows = await pool.fetch(
+        """
+        SELECT p.proname, pg_get_function_identity_arguments(p.oid) AS args
+          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = current_schema() AND p.proname LIKE 'dg\\_%'
+        """
+    )
+    found = sorted(r["proname"] for r in rows)
+    # One signature each: a changed signature in a function file leaves no older overload.
+    assert len(found) == len(set(found)), found
+    assert set(found) == live | TRIGGER_FUNCTIONS
+    # The release before last's dg_decide_batch, its helpers and its types are gone (012).
+    assert "dg_decide_batch" not in found
+    types = await pool.fetch(
+        "SELECT typname FROM pg_type WHERE typname IN ('dg_decide_attempt', 'dg_new_decision')"
+    )
+    assert types == []
 
 
 async def test_a_changed_function_file_is_applied_again(pool: asyncpg.Pool) -> None:
