@@ -69,6 +69,9 @@ class _Allowed:
     caller_id: str
     continued_at: float
     trunk_channel: str | None = None
+    # When the dialling channel itself went up, for a call whose Dial went unheard: Dial()
+    # answers its caller when the trunk leg answers.
+    answered_at: datetime | None = None
 
 
 @dataclass
@@ -218,10 +221,16 @@ class OutcomeTracker:
 
     def on_answer(self, channel_id: str, at: datetime) -> None:
         leg = self._trunk.get(channel_id)
-        if leg is not None and leg.answered_at is None:
-            leg.answered_at = at
-        elif leg is None:
-            self._note_unlinked(channel_id, answered_at=at)
+        if leg is not None:
+            if leg.answered_at is None:
+                leg.answered_at = at
+            return
+        call = self._allowed.get(channel_id)
+        if call is not None and call.trunk_channel is None:
+            if call.answered_at is None:
+                call.answered_at = at
+            return
+        self._note_unlinked(channel_id, answered_at=at)
 
     def on_destroyed(
         self, channel_id: str, cause: int, tech_cause: int | None, at: datetime
@@ -248,7 +257,7 @@ class OutcomeTracker:
             )
             if self._metrics is not None:
                 self._metrics.dialplan_misconfigured()
-        self._finish(call, None, cause, tech_cause, at)
+        self._finish(call, _answered_seconds(call.answered_at, at), cause, tech_cause, at)
 
     @property
     def max_age_s(self) -> int:

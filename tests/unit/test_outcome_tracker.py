@@ -112,6 +112,38 @@ async def test_cause_0_long_after_continue_is_not_blamed_on_the_dialplan() -> No
     assert metrics.misconfigured == 0
 
 
+async def test_a_call_whose_dial_went_unheard_takes_its_answer_from_the_dialling_channel() -> None:
+    # The subscription to the dialling channel was renewed after its Dial (a reconnect): no
+    # trunk leg is linked, and the dialling channel's own state and end tell the outcome.
+    t, sink, metrics, _, spawned = tracker()
+    t.allowed("stasis-1", 13, "spring", "+12125550100")
+    t.on_answer("stasis-1", T0 + timedelta(seconds=3))
+    t.on_answer("stasis-1", T0 + timedelta(seconds=9))  # a second Up changes nothing
+    t.on_destroyed("stasis-1", 16, None, T0 + timedelta(seconds=33))
+    await run(spawned)
+    (outcome,) = sink.recorded
+    assert (outcome.decision_id, outcome.outcome, outcome.answered_seconds, outcome.cause) == (
+        13,
+        Outcome.ANSWERED,
+        30,
+        16,
+    )
+    assert metrics.outcomes == [("answered", "spring")]
+
+
+async def test_the_dialling_channel_going_up_leaves_a_linked_trunk_legs_answer_alone() -> None:
+    t, sink, _, _, spawned = tracker()
+    t.allowed("stasis-1", 14, "spring", "+12125550100")
+    t.on_dial("stasis-1", "trunk-1", "", T0)
+    t.on_answer("trunk-1", T0 + timedelta(seconds=5))
+    t.on_answer("stasis-1", T0 + timedelta(seconds=6))
+    t.on_destroyed("stasis-1", 16, None, T0 + timedelta(seconds=20))
+    t.on_destroyed("trunk-1", 16, None, T0 + timedelta(seconds=25))
+    await run(spawned)
+    (outcome,) = sink.recorded
+    assert outcome.answered_seconds == 20
+
+
 async def test_dial_from_an_unknown_channel_is_not_ours() -> None:
     t, _, _, _, spawned = tracker()
     assert not t.on_dial("someone-else", "trunk-9", "", T0)
