@@ -237,8 +237,9 @@ async def test_calls_left_up_across_a_restart_get_their_end_recorded(
         short = await fake.originate_outbound(
             "2122641234", CALLER, outcome=Outcome.answered(seconds=0.6)
         )
+        # Long enough to be up still after a slow restart (CI on a loaded machine).
         long = await fake.originate_outbound(
-            "2122641235", CALLER, outcome=Outcome.answered(seconds=3.0)
+            "2122641235", CALLER, outcome=Outcome.answered(seconds=8.0)
         )
         for call in (short, long):
             await fake.wait_for(lambda c=call: verdict_of(fake, _stasis_id(c)) == "allow")
@@ -260,7 +261,7 @@ async def test_calls_left_up_across_a_restart_get_their_end_recorded(
         )
         assert (ended["outcome"], ended["cause"]) == ("failed", None)
         # The long call, followed from here, ends in sight: its outcome comes from Asterisk.
-        await _poll_async(lambda: up(), lambda v: v == [], within=10.0)
+        await _poll_async(lambda: up(), lambda v: v == [], within=15.0)
 
 
 async def _poll_async(probe: Any, done: Any, within: float = 5.0) -> None:
