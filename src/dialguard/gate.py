@@ -243,8 +243,10 @@ class Gate:
         rows = await self._decider.calls_up(self._origin, self._outcomes.max_age_s)
         if not rows and not self._outcomes.calls_tracked:
             return
-        present = {str(c.get("id")) for c in await self._ari.list_channels()}
-        ended, followed = self._outcomes.reconcile(rows, present, tracked=after_connect)
+        channels = await self._ari.list_channels()
+        present = {str(c.get("id")) for c in channels}
+        up = {str(c.get("id")) for c in channels if c.get("state") == "Up"}
+        ended, followed = self._outcomes.reconcile(rows, present, tracked=after_connect, up=up)
         if self._config.follow_allowed_channels:
             # Idempotent; one that ended meanwhile fails here, and the retry finds it gone.
             for channel_id in followed:

@@ -269,17 +269,26 @@ class OutcomeTracker:
         return len(self._allowed)
 
     def reconcile(
-        self, rows: Sequence[Mapping[str, Any]], present: set[str], *, tracked: bool = True
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        present: set[str],
+        *,
+        tracked: bool = True,
+        up: frozenset[str] | set[str] = frozenset(),
     ) -> tuple[int, list[str]]:
-        """Square the calls up with the channels Asterisk has (``present``), after a time of
-        not listening. ``rows``: the allowed decisions with no outcome (``id``, ``channel_id``,
-        ``campaign``, ``caller_id``). A call none of whose channels is left ended unheard: its
-        end is recorded now, with no cause. One still up and not tracked (the process
-        restarted) is tracked from here. Returns how many ended, and the channels to follow:
-        those tracked from here, and, with ``tracked``, every dialling channel tracked here
-        that is still up, since a subscription to it may have ended with the connection (and
-        the Dial that tied it to its trunk leg may have been missed: its own end then tells
-        the outcome). With ``tracked`` the calls tracked here are squared too.
+        """Square the calls up with the channels Asterisk has (``present``; ``up``: those of
+        them answered), after a time of not listening. ``rows``: the allowed decisions with no
+        outcome (``id``, ``channel_id``, ``campaign``, ``caller_id``). A call none of whose
+        channels is left ended unheard: its end is recorded now, with no cause. One still up
+        and not tracked (the process restarted) is tracked from here. Returns how many ended,
+        and the channels to follow: those tracked from here, and, with ``tracked``, every
+        dialling channel tracked here that is still up, since a subscription to it may have
+        ended with the connection (and the Dial that tied it to its trunk leg may have been
+        missed: its own end then tells the outcome). With ``tracked`` the calls tracked here
+        are squared too.
+
+        A call found answered whose answer went unheard counts as answered from now: its
+        outcome says answered, and its seconds are those from here on (a lower bound).
         """
         now = datetime.now(UTC)
         ended = 0
@@ -290,6 +299,7 @@ class OutcomeTracker:
             if channel_id in present or (call.trunk_channel or "") in present:
                 if channel_id in present and call.trunk_channel != channel_id:
                     followed.append(channel_id)
+                self._seen_up(call, up, now)
                 continue
             del self._allowed[channel_id]
             if call.trunk_channel:
@@ -309,10 +319,20 @@ class OutcomeTracker:
             if channel_id in present:
                 self._allowed[channel_id] = call
                 followed.append(channel_id)
+                self._seen_up(call, up, now)
             else:
                 self._finish(call, None, None, None, now)
                 ended += 1
         return ended, followed
+
+    def _seen_up(self, call: _Allowed, up: frozenset[str] | set[str], now: datetime) -> None:
+        """``call`` is up, as far as its channels in ``up`` tell: its answer, if unheard."""
+        leg = self._trunk.get(call.trunk_channel) if call.trunk_channel else None
+        if leg is not None:
+            if leg.answered_at is None and call.trunk_channel in up:
+                leg.answered_at = now
+        elif call.answered_at is None and call.channel_id in up:
+            call.answered_at = now
 
     def expire(self) -> int:
         now = self._clock()

@@ -144,6 +144,40 @@ async def test_the_dialling_channel_going_up_leaves_a_linked_trunk_legs_answer_a
     assert outcome.answered_seconds == 20
 
 
+async def test_a_call_found_answered_after_a_restart_is_answered_from_then() -> None:
+    # A new process: the call comes from the database's rows; its Dial and answer went unheard.
+    t, sink, _, _, spawned = tracker()
+    rows = [
+        {"id": 21, "channel_id": "stasis-1", "campaign": "spring", "caller_id": "+1212"},
+        {"id": 22, "channel_id": "stasis-2", "campaign": "spring", "caller_id": "+1212"},
+    ]
+    before = datetime.now(UTC)
+    ended, followed = t.reconcile(rows, {"stasis-1", "stasis-2"}, up={"stasis-1"})
+    assert (ended, sorted(followed)) == (0, ["stasis-1", "stasis-2"])
+    later = datetime.now(UTC) + timedelta(seconds=12)
+    t.on_destroyed("stasis-1", 16, None, later)
+    t.on_destroyed("stasis-2", 17, None, later)
+    await run(spawned)
+    by_id = {o.decision_id: o for o in sink.recorded}
+    assert by_id[21].outcome is Outcome.ANSWERED
+    assert by_id[21].answered_seconds is not None
+    assert 11 <= by_id[21].answered_seconds <= round((later - before).total_seconds())
+    assert by_id[22].outcome is Outcome.BUSY  # not up when found: its own end tells
+
+
+async def test_a_trunk_leg_answered_while_nobody_listened_is_answered_from_the_reconnect() -> None:
+    t, sink, _, _, spawned = tracker()
+    t.allowed("stasis-1", 23, "spring", "+12125550100")
+    t.on_dial("stasis-1", "trunk-1", "", T0)
+    # The websocket was down while the trunk leg answered.
+    t.reconcile([], {"stasis-1", "trunk-1"}, up={"stasis-1", "trunk-1"})
+    t.on_destroyed("trunk-1", 16, None, datetime.now(UTC) + timedelta(seconds=5))
+    await run(spawned)
+    (outcome,) = sink.recorded
+    assert outcome.outcome is Outcome.ANSWERED
+    assert outcome.answered_seconds == 5
+
+
 async def test_dial_from_an_unknown_channel_is_not_ours() -> None:
     t, _, _, _, spawned = tracker()
     assert not t.on_dial("someone-else", "trunk-9", "", T0)
