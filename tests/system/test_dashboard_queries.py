@@ -134,6 +134,8 @@ async def generate_traffic(
                 metrics.background_error(task)
             if step % 10 == 0:
                 metrics.ari_reconnect()
+            for kind in ("StasisStart", "Dial", "ChannelStateChange", "ChannelDestroyed"):
+                metrics.ari_event(kind)
             if instances is not None:
                 # One instance of a broadcast group, alone and at odds with the others' profiles.
                 instances.instances_alive(1)
