@@ -323,20 +323,20 @@ class EventLog:
 
     def __init__(self) -> None:
         self.all: list[ObservedEvent] = []
+        # The same events by channel: a soak polls one channel's among hundreds of thousands.
+        self._by_channel: dict[str | None, list[ObservedEvent]] = {}
 
     def add(self, event: dict[str, Any]) -> None:
         channel = event.get("channel") or event.get("peer")
         channel_id = channel.get("id") if isinstance(channel, dict) else None
         received = time.perf_counter()
-        self.all.append(ObservedEvent(received, str(event.get("type")), channel_id, event))
+        observed = ObservedEvent(received, str(event.get("type")), channel_id, event)
+        self.all.append(observed)
+        self._by_channel.setdefault(channel_id, []).append(observed)
 
     def of(self, type: str | None = None, channel_id: str | None = None) -> list[ObservedEvent]:
-        return [
-            e
-            for e in self.all
-            if (type is None or e.type == type)
-            and (channel_id is None or e.channel_id == channel_id)
-        ]
+        events = self.all if channel_id is None else self._by_channel.get(channel_id, [])
+        return [e for e in events if type is None or e.type == type]
 
     def variables(self, channel_id: str) -> dict[str, str]:
         """The channel variables set on a channel, last value wins (ChannelVarset)."""
