@@ -4,10 +4,12 @@ dialplan of Asterisk 22 with a sipp carrier, while faults land on a schedule.
     .venv/bin/python bench/soak_real.py --minutes 2 --rate 10 [--json soak-real.json]
 
 Parties: Asterisk and the sipp carrier (dialguard.testing.real_asterisk: as root, in a private
-network namespace), one `dialguard serve` (fail closed) that reaches ARI through a relay this
-process can cut, a dedicated embedded PostgreSQL this process can stall and restart, and this
-process: the dialer (ARI originates of Local/<destination>@dialguard-out) and the harness's
-observer application, which records every event on the Asterisk.
+network namespace), one `dialguard serve` (``--fail-mode``: closed by default) that reaches ARI
+through a relay this process can cut, a dedicated embedded PostgreSQL this process can stall
+and restart, and this process: the dialer (ARI originates of Local/<destination>@dialguard-out)
+and the harness's observer application, which records every event on the Asterisk. In fail
+mode open the calls the stalls let through unchecked wait in dialguard's spool, and the soak
+waits until it is written back.
 
 Traffic: fresh destinations, each carrying what the carrier does with it (answer and talk for
 0.2 to 2 s, busy 486, reject 403 or 608, congestion 503), from a pool of caller IDs sized so
@@ -31,6 +33,7 @@ Checks, once every call has ended and dialguard has written back (each must be 0
 * ``ungated``: calls that reached the carrier with no allowed decision for their channel;
 * ``double_allows``: allowed decisions the rules forbid (bench/soak.py's check);
 * ``phantoms``: allowed decisions with no outcome;
+* ``spool_left``: spool lines never written back (fail mode open);
 * ``wrong_outcomes``: a recorded outcome that contradicts what the carrier did (an outcome
   settled without detail, for a call that ended while dialguard was not listening, is counted
   apart as ``outcomes_without_detail``).
@@ -112,24 +115,35 @@ class Fault:
 class Serve:
     """The `dialguard serve` under test; owns its process and log."""
 
-    def __init__(self, workdir: Path, dsn: str, ari_url: str, asterisk: RealAsterisk) -> None:
+    def __init__(
+        self, workdir: Path, dsn: str, ari_url: str, asterisk: RealAsterisk, fail_mode: str
+    ) -> None:
         self.api = f"127.0.0.1:{free_port()}"
+        self.data_dir = workdir / "serve"
         self.log_path = workdir / "serve.log"
         self.proc: asyncio.subprocess.Process | None = None
         self.env = {
             **os.environ,
             "DIALGUARD_DATABASE_URL": dsn,
-            "DIALGUARD_DATA_DIR": str(workdir / "serve"),
+            "DIALGUARD_DATA_DIR": str(self.data_dir),
             "DIALGUARD_ARI_URL": ari_url,
             "DIALGUARD_ARI_USERNAME": asterisk.username,
             "DIALGUARD_ARI_PASSWORD": asterisk.password,
             "DIALGUARD_API_LISTEN": self.api,
             "DIALGUARD_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
-            "DIALGUARD_GATE_FAIL_MODE": "closed",
+            "DIALGUARD_GATE_FAIL_MODE": fail_mode,
             "DIALGUARD_PROFILES_DEFAULT_CALLING_HOURS": "00:00-24:00",
             "DIALGUARD_PROFILES_DEFAULT_CAMPAIGN_CALLERIDS_PER_DAY": "off",
         }
-        (workdir / "serve").mkdir()
+        self.data_dir.mkdir()
+
+    def spool_lines(self) -> int:
+        """Lines in the spool files: fail-open decisions and outcomes not yet written back."""
+        total = 0
+        for path in (self.data_dir / "spool").glob("*.jsonl"):
+            with contextlib.suppress(FileNotFoundError), path.open("rb") as handle:
+                total += sum(1 for _ in handle)
+        return total
 
     async def start(self) -> float:
         began = time.perf_counter()
@@ -180,6 +194,7 @@ class RealSoak:
         self.relay: TcpRelay | None = None
         self.serve: Serve | None = None
         self.started = 0.0
+        self.spool_left = 0
 
     # -- traffic ------------------------------------------------------------------------------
 
@@ -322,7 +337,7 @@ class RealSoak:
             self.asterisk = asterisk
             self.relay = TcpRelay(asterisk.host, asterisk.port)
             await self.relay.start()
-            self.serve = Serve(self.workdir, dsn, self.relay.url(), asterisk)
+            self.serve = Serve(self.workdir, dsn, self.relay.url(), asterisk, self.args.fail_mode)
             try:
                 await self.serve.start()
                 seconds = self.args.minutes * 60
@@ -330,6 +345,7 @@ class RealSoak:
                 await asyncio.gather(self.traffic(seconds), self.faults_on_schedule(seconds))
                 ended = await self.settle()
                 took = time.perf_counter() - self.started
+                self.spool_left = self.serve.spool_lines()
             finally:
                 code = await self.serve.stop()
                 await self.relay.close()
@@ -339,7 +355,7 @@ class RealSoak:
 
     async def settle(self) -> bool:
         """Wait until every offered call has ended, then until no allowed decision waits for
-        its outcome (or nothing has changed for 10 s)."""
+        its outcome and the spool is written back (or nothing has changed for 10 s)."""
         assert self.asterisk is not None
         ended = True
         try:
@@ -351,16 +367,20 @@ class RealSoak:
                     await asyncio.sleep(0.5)
         except TimeoutError:
             ended = False
-        last, quiet_since = -1, time.perf_counter()
+        assert self.serve is not None
+        last, quiet_since = (-1, -1), time.perf_counter()
         async with asyncio.timeout(60):
             while True:
-                up = await self._fetchval(
-                    "SELECT count(*) FROM decisions WHERE allowed AND outcome_at IS NULL"
+                left = (
+                    await self._fetchval(
+                        "SELECT count(*) FROM decisions WHERE allowed AND outcome_at IS NULL"
+                    ),
+                    self.serve.spool_lines(),
                 )
-                if up == 0 or time.perf_counter() - quiet_since > 10:
+                if left == (0, 0) or time.perf_counter() - quiet_since > 10:
                     break
-                if up != last:
-                    last, quiet_since = up, time.perf_counter()
+                if left != last:
+                    last, quiet_since = left, time.perf_counter()
                 await asyncio.sleep(0.5)
         return ended
 
@@ -430,6 +450,7 @@ class RealSoak:
         checks["double_allows"] = sum(doubles.values())
         checks["calls_left_up"] = 0 if ended else 1
         checks["fault_errors"] = sum(1 for f in self.faults if f.error)
+        checks["spool_left"] = self.spool_left
         stasis = [
             seen.stasis_ms[o.stasis_id] for o in self.offered if o.stasis_id in seen.stasis_ms
         ]
@@ -438,6 +459,8 @@ class RealSoak:
             "offered": len(self.offered),
             "repeats": sum(o.repeat for o in self.offered),
             "decisions": len(rows),
+            "fail_mode": self.args.fail_mode,
+            "allowed_fail_open": sum(1 for r in rows if r["allowed"] and r["fail_open"]),
             **counts,
             "stasis_p50_ms": _round(percentile(stasis, 0.5)),
             "stasis_p99_ms": _round(percentile(stasis, 0.99)),
@@ -508,7 +531,9 @@ def markdown(report: dict[str, Any]) -> str:
         f" repeats): {report['allowed']} allowed and dialled, {report['denied']} denied,"
         f" {report['failed_closed']} failed closed, {report['late_while_dead']} ended by the"
         " 5 s timeout while dialguard was dead.",
-        f"In Stasis p50 {report['stasis_p50_ms']} ms, p99 {report['stasis_p99_ms']} ms;"
+        f"Fail mode {report['fail_mode']}: {report['allowed_fail_open']} allowed unchecked"
+        f" (fail-open, written back). In Stasis p50 {report['stasis_p50_ms']} ms,"
+        f" p99 {report['stasis_p99_ms']} ms;"
         f" outcomes without detail: {report['outcomes_without_detail']}.",
         "",
         "| check | count |",
@@ -545,6 +570,13 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=10.0, help="calls offered a second")
     parser.add_argument("--fault-every", type=float, default=15.0, help="seconds")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--fail-mode",
+        choices=["closed", "open"],
+        default="closed",
+        help="dialguard's gate.fail_mode: open lets calls through unchecked (spooled) while"
+        " the database is away",
+    )
     parser.add_argument("--json", type=Path, help="write the report here too")
     return parser.parse_args(argv)
 
