@@ -15,7 +15,13 @@ Traffic: fresh destinations, each carrying what the carrier does with it (answer
 0.2 to 2 s, busy 486, reject 403 or 608, congestion 503), from a pool of caller IDs sized so
 that the default caller-ID cap (5 a minute) binds now and then; 5 % of the calls repeat a
 destination offered earlier in the run, which the 4 h interval must deny whenever the earlier
-one was allowed.
+one was allowed, and 5 % are twins: two calls to one destination at the same instant, of which
+one at most may be allowed.
+
+With ``--instances 2`` (or more) the instances run in broadcast mode and the calls go to
+[dialguard-broadcast]: StasisBroadcast offers each to every instance, one claims it, and a call
+parked with an instance that died is taken over by another. Cuts and kills land on each
+instance in turn.
 
 Faults, in turn, one every ``--fault-every`` seconds:
 
@@ -75,8 +81,13 @@ EXPECTED = {200: "answered", 486: "busy", 503: "congestion", 403: "carrier_rejec
 FAULTS = ("cut", "stall", "kill", "restart")
 STALL_SECONDS = 3.0
 SETTLE = 2.0  # seconds after a fault still counted as during it
-# What the shipped dialplan logs when Stasis() fails because nobody holds the application.
-DOWN_LOG = "WARNING,dialguard-out: dialguard not connected"
+# What the shipped dialplan logs when no dialguard holds or claims the call.
+DOWN_LOGS = (
+    "WARNING,dialguard-out: dialguard not connected",
+    "WARNING,dialguard-broadcast: no dialguard instance claimed",
+)
+# The dialplan applications a gated call waits for its verdict in.
+STASIS_APPS = {"Stasis", "StasisBroadcast"}
 PROBES = 8_000  # the numbers of the calls offered into faults: lines from 202-200-0 up
 
 
@@ -98,6 +109,7 @@ class Offered:
     at: float
     repeat: bool = False
     probe: str | None = None  # the fault it was offered into
+    twin: bool = False  # offered with another call to the same destination at the same instant
 
 
 @dataclass
@@ -113,20 +125,30 @@ class Fault:
 
 
 class Serve:
-    """The `dialguard serve` under test; owns its process and log."""
+    """One `dialguard serve` under test, and the relay it reaches ARI through; owns both, its
+    process and its log. With ``broadcast`` it is instance ``name`` of a broadcast group."""
 
     def __init__(
-        self, workdir: Path, dsn: str, ari_url: str, asterisk: RealAsterisk, fail_mode: str
+        self,
+        name: str,
+        workdir: Path,
+        dsn: str,
+        asterisk: RealAsterisk,
+        fail_mode: str,
+        *,
+        broadcast: bool,
     ) -> None:
+        self.name = name
+        self.relay = TcpRelay(asterisk.host, asterisk.port)
         self.api = f"127.0.0.1:{free_port()}"
-        self.data_dir = workdir / "serve"
-        self.log_path = workdir / "serve.log"
+        self.data_dir = workdir / f"serve-{name}"
+        self.log_path = workdir / f"serve-{name}.log"
         self.proc: asyncio.subprocess.Process | None = None
         self.env = {
             **os.environ,
             "DIALGUARD_DATABASE_URL": dsn,
             "DIALGUARD_DATA_DIR": str(self.data_dir),
-            "DIALGUARD_ARI_URL": ari_url,
+            "DIALGUARD_ARI_URL": "",  # the relay's, once it listens
             "DIALGUARD_ARI_USERNAME": asterisk.username,
             "DIALGUARD_ARI_PASSWORD": asterisk.password,
             "DIALGUARD_API_LISTEN": self.api,
@@ -135,6 +157,8 @@ class Serve:
             "DIALGUARD_PROFILES_DEFAULT_CALLING_HOURS": "00:00-24:00",
             "DIALGUARD_PROFILES_DEFAULT_CAMPAIGN_CALLERIDS_PER_DAY": "off",
         }
+        if broadcast:
+            self.env |= {"DIALGUARD_GATE_MODE": "broadcast", "DIALGUARD_GATE_INSTANCE_ID": name}
         self.data_dir.mkdir()
 
     def spool_lines(self) -> int:
@@ -146,6 +170,9 @@ class Serve:
         return total
 
     async def start(self) -> float:
+        if not self.env["DIALGUARD_ARI_URL"]:
+            await self.relay.start()
+            self.env["DIALGUARD_ARI_URL"] = self.relay.url()
         began = time.perf_counter()
         with self.log_path.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
@@ -169,14 +196,17 @@ class Serve:
         await self.proc.wait()
 
     async def stop(self) -> int | None:
-        if self.proc is None or self.proc.returncode is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.terminate()
         try:
-            return await asyncio.wait_for(self.proc.wait(), 30)
-        except TimeoutError:
-            self.proc.kill()
-            return await self.proc.wait()
+            if self.proc is None or self.proc.returncode is not None:
+                return None if self.proc is None else self.proc.returncode
+            self.proc.terminate()
+            try:
+                return await asyncio.wait_for(self.proc.wait(), 30)
+            except TimeoutError:
+                self.proc.kill()
+                return await self.proc.wait()
+        finally:
+            await self.relay.close()
 
 
 class RealSoak:
@@ -191,8 +221,8 @@ class RealSoak:
         self.faults: list[Fault] = []
         self.callers = [f"2125{i:06d}" for i in range(max(10, int(args.rate * 60 / 4)))]
         self.asterisk: RealAsterisk | None = None
-        self.relay: TcpRelay | None = None
-        self.serve: Serve | None = None
+        self.serves: list[Serve] = []
+        self.broadcast = args.instances > 1
         self.started = 0.0
         self.spool_left = 0
 
@@ -210,11 +240,23 @@ class RealSoak:
             hold = self.rng.uniform(0.2, 2.0) if code == 200 else 0.0
             destination = carrier_number(line(n), code, hold=hold)
         caller = self.rng.choice(self.callers)
-        call = await self.asterisk.originate_outbound(destination, caller, ring_seconds=30)
-        record = Offered(n, call.stasis_id, destination, "+1" + caller, code,
-                         time.perf_counter(), repeat, probe)  # fmt: skip
-        self.offered.append(record)
-        return record
+        context = "dialguard-broadcast" if self.broadcast else "dialguard-out"
+        twin = probe is None and not repeat and self.rng.random() < 0.05
+        placed = await asyncio.gather(
+            *(
+                self.asterisk.originate_outbound(
+                    destination, caller, ring_seconds=30, context=context
+                )
+                for _ in range(2 if twin else 1)
+            )
+        )
+        at = time.perf_counter()
+        records = [
+            Offered(n, call.stasis_id, destination, "+1" + caller, code, at, repeat, probe, twin)
+            for call in placed
+        ]
+        self.offered.extend(records)
+        return records[0]
 
     async def traffic(self, seconds: float) -> None:
         rate, began = self.args.rate, time.perf_counter()
@@ -257,7 +299,7 @@ class RealSoak:
         assert asterisk is not None
         call = await self.offer(PROBES + len(self.faults), probe=fault)
         await asterisk.events.wait_for(
-            lambda: "Stasis" in dict(asterisk.events.dialplan_apps(call.stasis_id)),
+            lambda: STASIS_APPS & dict(asterisk.events.dialplan_apps(call.stasis_id)).keys(),
             timeout=5,
             interval=0.02,
         )
@@ -271,7 +313,7 @@ class RealSoak:
         def left() -> bool:
             steps = [app for app, _ in asterisk.events.dialplan_apps(probe.stasis_id)]
             ended = asterisk.events.of("ChannelHangupRequest", probe.stasis_id)
-            return bool(ended) or steps[-1:] != ["Stasis"]
+            return bool(ended) or steps[-1] not in STASIS_APPS
 
         try:
             await asterisk.events.wait_for(left, timeout=10, interval=0.02)
@@ -279,14 +321,20 @@ class RealSoak:
             return None
         return round(time.perf_counter() - since, 3)
 
+    def _victim(self) -> Serve:
+        """The instance the next cut or kill lands on: each in turn."""
+        done = sum(1 for f in self.faults if f.name in ("cut", "kill"))
+        return self.serves[(done - 1) % len(self.serves)]
+
     async def _cut(self, record: Fault) -> None:
-        assert self.relay is not None and self.serve is not None
-        self.relay.freeze()  # the probe's StasisStart never reaches dialguard
+        serve = self._victim()
+        serve.relay.freeze()  # the probe's StasisStart never reaches that instance
         probe = await self._probe("cut")
-        self.relay.cut()
+        serve.relay.cut()
         decided = await self._decided(probe, time.perf_counter())
-        await self.serve.wait_ready(30)
-        record.detail = {"probe": probe.stasis_id, "probe_decided_s": decided}
+        await serve.wait_ready(30)
+        record.detail = {"instance": serve.name, "probe": probe.stasis_id,
+                         "probe_decided_s": decided}  # fmt: skip
 
     async def _stall(self, record: Fault) -> None:
         processes = self.db.processes()
@@ -301,14 +349,15 @@ class RealSoak:
         record.detail = {"processes": len(processes)}
 
     async def _kill(self, record: Fault) -> None:
-        assert self.relay is not None and self.serve is not None
-        self.relay.freeze()
+        serve = self._victim()
+        serve.relay.freeze()
         probe = await self._probe("kill")
-        await self.serve.kill()
+        await serve.kill()
         killed = time.perf_counter()
-        self.relay.cut()
-        restarted = await self.serve.start()
+        serve.relay.cut()
+        restarted = await serve.start()
         record.detail = {
+            "instance": serve.name,
             "probe": probe.stasis_id,
             "restart_s": round(restarted, 3),
             "probe_decided_s": await self._decided(probe, killed),
@@ -335,21 +384,24 @@ class RealSoak:
             if not asterisk.sip:
                 raise SystemExit("the real-Asterisk soak needs the SIP stack (root)")
             self.asterisk = asterisk
-            self.relay = TcpRelay(asterisk.host, asterisk.port)
-            await self.relay.start()
-            self.serve = Serve(self.workdir, dsn, self.relay.url(), asterisk, self.args.fail_mode)
+            names = "abcdefgh"[: self.args.instances] if self.broadcast else "a"
+            self.serves = [
+                Serve(name, self.workdir, dsn, asterisk, self.args.fail_mode,
+                      broadcast=self.broadcast)
+                for name in names
+            ]  # fmt: skip
             try:
-                await self.serve.start()
+                for serve in self.serves:
+                    await serve.start()
                 seconds = self.args.minutes * 60
                 self.started = time.perf_counter()
                 await asyncio.gather(self.traffic(seconds), self.faults_on_schedule(seconds))
                 ended = await self.settle()
                 took = time.perf_counter() - self.started
-                self.spool_left = self.serve.spool_lines()
+                self.spool_left = self.spool_lines()
             finally:
-                code = await self.serve.stop()
-                await self.relay.close()
-                print(f"dialguard stopped: exit code {code}", file=sys.stderr)
+                codes = await asyncio.gather(*(serve.stop() for serve in self.serves))
+                print(f"dialguard stopped: exit codes {codes}", file=sys.stderr)
             rows = await self.decisions()
             return self.report(rows, took, ended)
 
@@ -367,7 +419,6 @@ class RealSoak:
                     await asyncio.sleep(0.5)
         except TimeoutError:
             ended = False
-        assert self.serve is not None
         last, quiet_since = (-1, -1), time.perf_counter()
         async with asyncio.timeout(60):
             while True:
@@ -375,7 +426,7 @@ class RealSoak:
                     await self._fetchval(
                         "SELECT count(*) FROM decisions WHERE allowed AND outcome_at IS NULL"
                     ),
-                    self.serve.spool_lines(),
+                    self.spool_lines(),
                 )
                 if left == (0, 0) or time.perf_counter() - quiet_since > 10:
                     break
@@ -383,6 +434,9 @@ class RealSoak:
                     last, quiet_since = left, time.perf_counter()
                 await asyncio.sleep(0.5)
         return ended
+
+    def spool_lines(self) -> int:
+        return sum(serve.spool_lines() for serve in self.serves)
 
     async def _fetchval(self, query: str) -> Any:
         conn = await asyncpg.connect(self.db.dsn)
@@ -458,6 +512,8 @@ class RealSoak:
             "seconds": round(seconds, 1),
             "offered": len(self.offered),
             "repeats": sum(o.repeat for o in self.offered),
+            "twins": sum(o.twin for o in self.offered) // 2,
+            "instances": len(self.serves),
             "decisions": len(rows),
             "fail_mode": self.args.fail_mode,
             "allowed_fail_open": sum(1 for r in rows if r["allowed"] and r["fail_open"]),
@@ -503,13 +559,13 @@ class Seen:
                 continue
             if e.type == "ChannelDialplan":
                 app, exten = event.get("dialplan_app"), event["channel"]["dialplan"]["exten"]
-                if app == "Stasis":
+                if app in STASIS_APPS:
                     entered[channel] = e.received
                 else:
                     seen.leaves(channel, entered, e.received)
                 if exten == "T":
                     seen.timed_out.add(channel)
-                elif str(event.get("dialplan_app_data", "")).startswith(DOWN_LOG):
+                elif str(event.get("dialplan_app_data", "")).startswith(DOWN_LOGS):
                     seen.failed_closed.add(channel)
             elif e.type in ("ChannelHangupRequest", "ChannelDestroyed"):
                 seen.leaves(channel, entered, e.received)
@@ -527,8 +583,9 @@ def _round(value: float | None) -> float | None:
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
-        f"Offered {report['offered']} calls in {report['seconds']} s ({report['repeats']}"
-        f" repeats): {report['allowed']} allowed and dialled, {report['denied']} denied,"
+        f"{report['instances']} instance(s). Offered {report['offered']} calls in"
+        f" {report['seconds']} s ({report['repeats']} repeats, {report['twins']} pairs of"
+        f" twins): {report['allowed']} allowed and dialled, {report['denied']} denied,"
         f" {report['failed_closed']} failed closed, {report['late_while_dead']} ended by the"
         " 5 s timeout while dialguard was dead.",
         f"Fail mode {report['fail_mode']}: {report['allowed_fail_open']} allowed unchecked"
@@ -570,6 +627,14 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=10.0, help="calls offered a second")
     parser.add_argument("--fault-every", type=float, default=15.0, help="seconds")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        choices=range(1, 9),
+        help="dialguard instances: 2 or more run in broadcast mode ([dialguard-broadcast]),"
+        " and cuts and kills land on each in turn",
+    )
     parser.add_argument(
         "--fail-mode",
         choices=["closed", "open"],

@@ -1,5 +1,5 @@
-"""The soak with faults on a real Asterisk (bench/soak_real.py): 90 s in fail mode closed, then
-60 s in fail mode open.
+"""The soak with faults on a real Asterisk (bench/soak_real.py): 90 s in fail mode closed, 60 s
+in fail mode open, and 60 s with two instances in broadcast mode.
 
 `dialguard serve` gates the shipped dialplan of Asterisk 22 with a sipp carrier while its ARI
 link is cut with a call waiting in Stasis, the database stalls and restarts, and dialguard is
@@ -46,17 +46,19 @@ def load() -> ModuleType:
     return module
 
 
-RUNS = {"closed": "1.5", "open": "1.0"}  # fail mode: minutes
+# Each run: its options beyond `--rate 8 --fault-every 12`.
+RUNS = {
+    "closed": ["--minutes", "1.5"],
+    "open": ["--minutes", "1", "--fail-mode", "open"],
+    "broadcast": ["--minutes", "1", "--instances", "2"],
+}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=list(RUNS))
 async def report(request: pytest.FixtureRequest) -> Any:
     soak = load()
-    mode = request.param
     result = await soak.soak_real(
-        soak.options(
-            ["--minutes", RUNS[mode], "--rate", "8", "--fault-every", "12", "--fail-mode", mode]
-        )
+        soak.options(["--rate", "8", "--fault-every", "12", *RUNS[request.param]])
     )
     print(soak.markdown(result))
     return result
@@ -71,7 +73,8 @@ async def test_every_fault_happened_and_its_waiting_call_was_decided(
     for f in report["faults"]:
         assert f["error"] is None, f
         if f["name"] == "cut":
-            # Its StasisStart was lost with the link: the reconciliation decided it, in time.
+            # Its StasisStart was lost with the link: the reconciliation (or, in broadcast
+            # mode, another instance) decided it, in time.
             assert f["probe_decided_s"] is not None and f["probe_decided_s"] < 5, f
         if f["name"] == "kill":
             assert f["restart_s"] > 0 and f["probe_decided_s"] is not None, f
@@ -83,6 +86,7 @@ async def test_every_fault_happened_and_its_waiting_call_was_decided(
         # The stalls let calls through unchecked, and their decisions came back from the spool.
         assert report["allowed_fail_open"] > 0
     assert report["allowed"] > report["offered"] / 3
+    assert report["twins"] > 0  # pairs offered at once, of which one at most may be allowed
 
 
 @pytest.mark.asyncio(loop_scope="module")
