@@ -321,13 +321,13 @@ class RealSoak:
             return None
         return round(time.perf_counter() - since, 3)
 
-    def _victim(self) -> Serve:
-        """The instance the next cut or kill lands on: each in turn."""
-        done = sum(1 for f in self.faults if f.name in ("cut", "kill"))
+    def _victim(self, fault: str) -> Serve:
+        """The instance this cut or kill lands on: each in turn, for each kind of fault."""
+        done = sum(1 for f in self.faults if f.name == fault)
         return self.serves[(done - 1) % len(self.serves)]
 
     async def _cut(self, record: Fault) -> None:
-        serve = self._victim()
+        serve = self._victim("cut")
         serve.relay.freeze()  # the probe's StasisStart never reaches that instance
         probe = await self._probe("cut")
         serve.relay.cut()
@@ -349,7 +349,7 @@ class RealSoak:
         record.detail = {"processes": len(processes)}
 
     async def _kill(self, record: Fault) -> None:
-        serve = self._victim()
+        serve = self._victim("kill")
         serve.relay.freeze()
         probe = await self._probe("kill")
         await serve.kill()
