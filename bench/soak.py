@@ -319,12 +319,17 @@ class Instance:
             return await proc.wait()
 
     def spool_lines(self) -> int:
-        """Lines in the spool files (decisions and outcomes not yet written back)."""
-        total = 0
-        for path in (self.data_dir / "spool").glob("*.jsonl"):
-            with contextlib.suppress(FileNotFoundError), path.open("rb") as handle:
-                total += sum(1 for _ in handle)
-        return total
+        return spool_lines(self.data_dir)
+
+
+def spool_lines(data_dir: Path) -> int:
+    """Lines in the spool files of a data directory: fail-open decisions and outcomes not yet
+    written back."""
+    total = 0
+    for path in (data_dir / "spool").glob("*.jsonl"):
+        with contextlib.suppress(FileNotFoundError), path.open("rb") as handle:
+            total += sum(1 for _ in handle)
+    return total
 
 
 class Database:

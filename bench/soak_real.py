@@ -71,7 +71,7 @@ from dialguard.store.migrate import migrate
 from dialguard.testing.polling import wait_ready
 from dialguard.testing.real_asterisk import RealAsterisk, TcpRelay, carrier_number
 from gate_real import asterisk_home
-from soak import Database, double_allows, free_port, percentile
+from soak import Database, double_allows, free_port, percentile, spool_lines
 
 DIALGUARD = str(Path(sys.executable).parent / "dialguard")
 # What the carrier does, and how often: (SIP code, share of the calls).
@@ -162,12 +162,7 @@ class Serve:
         self.data_dir.mkdir()
 
     def spool_lines(self) -> int:
-        """Lines in the spool files: fail-open decisions and outcomes not yet written back."""
-        total = 0
-        for path in (self.data_dir / "spool").glob("*.jsonl"):
-            with contextlib.suppress(FileNotFoundError), path.open("rb") as handle:
-                total += sum(1 for _ in handle)
-        return total
+        return spool_lines(self.data_dir)
 
     async def start(self) -> float:
         if not self.env["DIALGUARD_ARI_URL"]:
