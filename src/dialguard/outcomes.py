@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -274,7 +275,7 @@ class OutcomeTracker:
         present: set[str],
         *,
         tracked: bool = True,
-        up: frozenset[str] | set[str] = frozenset(),
+        up: AbstractSet[str] = frozenset(),
     ) -> tuple[int, list[str]]:
         """Square the calls up with the channels Asterisk has (``present``; ``up``: those of
         them answered), after a time of not listening. ``rows``: the allowed decisions with no
@@ -325,7 +326,7 @@ class OutcomeTracker:
                 ended += 1
         return ended, followed
 
-    def _seen_up(self, call: _Allowed, up: frozenset[str] | set[str], now: datetime) -> None:
+    def _seen_up(self, call: _Allowed, up: AbstractSet[str], now: datetime) -> None:
         """``call`` is up, as far as its channels in ``up`` tell: its answer, if unheard."""
         leg = self._trunk.get(call.trunk_channel) if call.trunk_channel else None
         if leg is not None:

@@ -131,7 +131,7 @@ class EventListener:
         # dropped before they are parsed into objects nobody reads.
         self._types = types
         # Told each message's event type (UNTYPED when it has none), delivered or dropped.
-        self._on_received = on_received
+        self._on_received: Callable[[str], None] = on_received or _ignore
         self._task: asyncio.Task[None] | None = None
         self._buffer: list[Event] | None = None
         self._connected = asyncio.Event()
@@ -243,27 +243,23 @@ class EventListener:
     def _handle_text(self, text: str) -> None:
         log.debug("ARI event: %s", text)
         known = top_level_type(text)
-        if known is not None:
-            if self._on_received is not None:
-                self._on_received(known)
-            if self._types is not None and known not in self._types:
-                return
+        if known is not None and self._types is not None and known not in self._types:
+            self._on_received(known)
+            return
         try:
             raw: Any = orjson.loads(text)
         except orjson.JSONDecodeError:
             log.warning("ARI events: skipped a message that is not JSON (%d bytes)", len(text))
-            if self._on_received is not None:
-                self._on_received(UNTYPED)
+            self._on_received(UNTYPED)
             return
-        if known is None:
-            if self._on_received is not None:
-                self._on_received(_raw_type(raw))
-            if (
-                self._types is not None
-                and isinstance(raw, dict)
-                and raw.get("type") not in self._types
-            ):
-                return
+        self._on_received(known or _raw_type(raw))
+        if (
+            known is None
+            and self._types is not None
+            and isinstance(raw, dict)
+            and raw.get("type") not in self._types
+        ):
+            return
         try:
             event = parse_event(raw)
         except MalformedEvent as exc:
@@ -302,6 +298,10 @@ class EventListener:
             self._on_disconnect()
         except Exception:
             log.exception("ARI events: on_disconnect failed for app %s", self.app)
+
+
+def _ignore(_: str) -> None:
+    pass
 
 
 def _raw_type(raw: Any) -> str:
